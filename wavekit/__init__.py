@@ -1,0 +1,7 @@
+"""wavekit: WaveNet audio synthesis — model, fast queued generation, training, CLI and demo."""
+
+from wavekit.generation import generate, stream
+from wavekit.model import WaveNet, WaveNetConfig
+
+__all__ = ["WaveNet", "WaveNetConfig", "generate", "stream"]
+__version__ = "0.1.0"

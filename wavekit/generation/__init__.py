@@ -1,0 +1,263 @@
+"""Sampling audio from a WaveNet: `generate`, `stream` and the naive reference.
+
+`stream` runs the Fast WaveNet queued algorithm (Paine et al. 2016) over a batch of
+independent streams and yields audio chunks as they are produced; `generate` collects
+them. On the CPU a fused numba kernel runs the per-sample loop (backend "numba"); the
+eager PyTorch backend ("torch") serves other devices and large batches. Stream b draws
+its noise from its own generator seeded with `seed + b`, so its samples do not depend
+on which other streams share the batch or on the backend.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from wavekit.generation.numba_backend import NumbaQueuedBackend
+from wavekit.generation.torch_backend import TorchQueuedBackend
+from wavekit.generation.weights import InferenceWeights
+from wavekit.model import WaveNet
+
+__all__ = ["generate", "stream", "naive_generate", "teacher_forced_params", "BACKENDS"]
+
+BACKENDS = {"torch": TorchQueuedBackend, "numba": NumbaQueuedBackend}
+NUMBA_MAX_BATCH = 16  # above this, eager GEMMs beat per-stream kernels (benchmarks/generation.py)
+BIAS_BUDGET = 1 << 22  # floats of per-step gate bias computed at once when mel-conditioned
+
+Progress = bool | Callable[[int, int], None]
+
+
+@dataclass
+class _Batch:
+    """A validated batch of streams, ready for any generator."""
+
+    lengths: list[int]
+    cond: Tensor | None  # upsampled mel [B, M, T]
+    speaker_embedding: Tensor | None  # [B, E]
+    generators: list[torch.Generator]
+    temperature: float
+
+    @property
+    def size(self) -> int:
+        return len(self.lengths)
+
+    @property
+    def total(self) -> int:
+        return max(self.lengths)
+
+    def noise(self, channels: int, steps: int, device: torch.device) -> Tensor:
+        """The next `steps` uniforms of every stream: [B, channels, steps]."""
+        draws = [torch.rand(steps, channels, generator=g) for g in self.generators]
+        return torch.stack(draws).transpose(1, 2).contiguous().to(device)
+
+    def mask(self, audio: Tensor, start: int) -> Tensor:
+        """Zero the samples of `audio` [B, steps] (starting at `start`) past each stream's length."""
+        positions = torch.arange(start, start + audio.shape[1], device=audio.device)
+        lengths = torch.tensor(self.lengths, device=audio.device).unsqueeze(1)
+        return audio.masked_fill(positions >= lengths, 0.0)
+
+
+def _batch_size(batch_size: int, *sizes: int | None) -> int:
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size: must be a positive integer, got {batch_size!r}")
+    given = {s for s in sizes if s is not None and s > 1}
+    if batch_size > 1:
+        given.add(batch_size)
+    if len(given) > 1:
+        raise ValueError(f"batch_size: mel, speaker, num_samples and batch_size disagree on the batch ({sorted(given)})")
+    return given.pop() if given else 1
+
+
+def _prepare(
+    model: WaveNet,
+    num_samples: int | Sequence[int] | None,
+    mel: Tensor | Sequence[Tensor] | None,
+    speaker: int | Sequence[int] | Tensor | None,
+    batch_size: int,
+    temperature: float,
+    seed: int | None,
+) -> _Batch:
+    if not (isinstance(temperature, (int, float)) and temperature > 0):
+        raise ValueError(f"temperature: must be > 0, got {temperature!r}")
+    hop = model.config.hop_length
+    mel_lengths = None
+    if isinstance(mel, (list, tuple)):
+        mel_lengths = [m.shape[-1] * hop for m in mel]
+        frames = max(m.shape[-1] for m in mel)
+        mel = torch.stack([F.pad(m, (0, frames - m.shape[-1])) for m in mel])
+    mel_batch = mel.shape[0] if mel is not None and mel.dim() == 3 else None
+    speaker_batch = torch.as_tensor(speaker).numel() if speaker is not None else None
+    lengths_batch = len(num_samples) if isinstance(num_samples, (list, tuple)) else None
+    batch = _batch_size(batch_size, mel_batch, speaker_batch, lengths_batch)
+    longest = max(num_samples) if isinstance(num_samples, (list, tuple)) else num_samples
+    if mel is not None and num_samples is not None and mel_lengths is not None:
+        raise ValueError("num_samples: leave it out when mel is a list (each mel sets its stream's length)")
+    total, mel, speaker = model.check_conditioning(batch, longest, mel, speaker)
+    if isinstance(num_samples, (list, tuple)):
+        if any(not isinstance(n, int) or n <= 0 for n in num_samples):
+            raise ValueError(f"num_samples: every length must be a positive integer, got {list(num_samples)}")
+        lengths = list(num_samples)
+    else:
+        lengths = mel_lengths or [total] * batch
+    if len(lengths) == 1 and batch > 1:
+        lengths = lengths * batch
+    with torch.no_grad():
+        cond, speaker_embedding = model.conditioning(mel, speaker)
+    if seed is None:
+        seed = int(torch.randint(0, 2**62, ()).item())
+    generators = [torch.Generator().manual_seed(seed + b) for b in range(batch)]
+    return _Batch(lengths, cond, speaker_embedding, generators, float(temperature))
+
+
+def _backend(model: WaveNet, weights: InferenceWeights, batch: int, name: str):
+    device = weights.conv_w.device
+    if name == "auto":
+        name = "numba" if device.type == "cpu" and batch <= NUMBA_MAX_BATCH else "torch"
+    if name not in BACKENDS:
+        raise ValueError(f"backend: must be 'auto' or one of {sorted(BACKENDS)}, got {name!r}")
+    if name == "numba" and device.type != "cpu":
+        raise ValueError(f"backend: 'numba' runs on the CPU, the model is on {device}")
+    return BACKENDS[name](weights, model.distribution, batch)
+
+
+def _spans(batch: _Batch, weights: InferenceWeights, start: int, stop: int) -> Iterator[tuple[int, int, Tensor]]:
+    """(span start, span stop, gate bias) pieces covering [start, stop), bounded in memory."""
+    if batch.cond is None:
+        yield start, stop, weights.layer_bias(None, batch.speaker_embedding, batch.size)
+        return
+    per_step = batch.size * weights.conv_b.numel()
+    step = max(1, BIAS_BUDGET // per_step)
+    for a in range(start, stop, step):
+        b = min(stop, a + step)
+        yield a, b, weights.layer_bias(batch.cond[:, :, a:b], batch.speaker_embedding, batch.size)
+
+
+def _progress_callback(progress: Progress, total: int, batch: int) -> tuple[Callable[[int], None], Callable[[], None]]:
+    """(update(done), close()) for a bool or a user callback(done, total)."""
+    if callable(progress):
+        return (lambda done: progress(done, total)), (lambda: None)
+    if not progress:
+        return (lambda done: None), (lambda: None)
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, unit="sample", unit_scale=True, desc=f"generating x{batch}")
+    started = time.perf_counter()
+
+    def update(done: int) -> None:
+        bar.update(done - bar.n)
+        elapsed = time.perf_counter() - started
+        bar.set_postfix_str(f"{done * batch / max(elapsed, 1e-9):,.0f} samples/s total")
+
+    return update, bar.close
+
+
+def stream(
+    model: WaveNet,
+    num_samples: int | Sequence[int] | None = None,
+    *,
+    mel: Tensor | Sequence[Tensor] | None = None,
+    speaker: int | Sequence[int] | Tensor | None = None,
+    batch_size: int = 1,
+    temperature: float = 1.0,
+    seed: int | None = None,
+    progress: Progress = False,
+    chunk_size: int = 16000,
+    backend: str = "auto",
+) -> Iterator[Tensor]:
+    """Yield audio chunks [B, <= chunk_size] in [-1, 1] as the queued sampler produces them.
+
+    `num_samples` is one length or one per stream; with `mel` ([M, F], [B, M, F] or a
+    list of [M, F_b]) each stream's length is its frames x hop. `speaker` is one id or
+    one per stream. Samples past a stream's length are zeros. `progress` is True for a
+    progress bar or a callback(done, total). Bad arguments raise ValueError naming them.
+    """
+    if not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size: must be a positive integer, got {chunk_size!r}")
+    batch = _prepare(model, num_samples, mel, speaker, batch_size, temperature, seed)
+    weights = InferenceWeights.from_model(model)
+    runner = _backend(model, weights, batch.size, backend)
+    noise_channels = model.distribution.noise_channels
+    update, close = _progress_callback(progress, batch.total, batch.size)
+    try:
+        for start in range(0, batch.total, chunk_size):
+            stop = min(batch.total, start + chunk_size)
+            pieces = []
+            for a, b, bias in _spans(batch, weights, start, stop):
+                noise = batch.noise(noise_channels, b - a, bias.device)
+                pieces.append(runner.run(bias, noise, batch.temperature)[0])
+            update(stop)
+            yield batch.mask(torch.cat(pieces, dim=1), start)
+    finally:
+        close()
+
+
+def generate(
+    model: WaveNet,
+    num_samples: int | Sequence[int] | None = None,
+    *,
+    mel: Tensor | Sequence[Tensor] | None = None,
+    speaker: int | Sequence[int] | Tensor | None = None,
+    batch_size: int = 1,
+    temperature: float = 1.0,
+    seed: int | None = None,
+    progress: Progress = False,
+    backend: str = "auto",
+) -> Tensor:
+    """Generate audio [B, T] in [-1, 1] with the queued sampler; arguments as in `stream`."""
+    chunks = stream(
+        model, num_samples, mel=mel, speaker=speaker, batch_size=batch_size,
+        temperature=temperature, seed=seed, progress=progress, backend=backend,
+    )  # fmt: skip
+    return torch.cat(list(chunks), dim=1)
+
+
+@torch.no_grad()
+def teacher_forced_params(
+    model: WaveNet, audio: Tensor, *, mel: Tensor | None = None, speaker=None, backend: str = "auto"
+) -> Tensor:
+    """Per-step distribution params [B, C, T] of the queued sampler fed `audio` [B, T].
+
+    Must equal `model.predict(audio, mel, speaker)`: the check that a backend is exact.
+    """
+    batch = _prepare(model, audio.shape[1], mel, speaker, audio.shape[0], 1.0, 0)
+    weights = InferenceWeights.from_model(model)
+    runner = _backend(model, weights, batch.size, backend)
+    params = []
+    for a, b, bias in _spans(batch, weights, 0, batch.total):
+        params.append(runner.run(bias, None, 1.0, forced=audio[:, a:b].to(bias.device))[1])
+    return torch.cat(params, dim=2)
+
+
+@torch.no_grad()
+def naive_generate(
+    model: WaveNet,
+    num_samples: int | Sequence[int] | None = None,
+    *,
+    mel: Tensor | Sequence[Tensor] | None = None,
+    speaker: int | Sequence[int] | Tensor | None = None,
+    batch_size: int = 1,
+    temperature: float = 1.0,
+    seed: int | None = None,
+) -> Tensor:
+    """Reference sampler: a full forward pass over the receptive field for every sample.
+
+    O(receptive field) per sample; kept for tests and benchmarks. Same noise as `generate`.
+    """
+    if model.training:
+        raise ValueError("model: switch it to eval mode (model.eval()) before generating")
+    batch = _prepare(model, num_samples, mel, speaker, batch_size, temperature, seed)
+    device = next(model.parameters()).device
+    field = model.receptive_field
+    previous = torch.zeros(batch.size, batch.total + 1, device=device)  # previous[:, t] precedes step t
+    noise = batch.noise(model.distribution.noise_channels, batch.total, device)
+    for t in range(batch.total):
+        start = max(0, t - field + 1)
+        cond = batch.cond[:, :, start : t + 1] if batch.cond is not None else None
+        params = model(previous[:, start : t + 1], cond, batch.speaker_embedding)[:, :, -1]
+        previous[:, t + 1] = model.distribution.sample_from_uniform(params, noise[:, :, t], batch.temperature)
+    return batch.mask(previous[:, 1:], 0)

@@ -1,0 +1,106 @@
+"""A WaveNet's weights laid out for sample-by-sample generation.
+
+Both queued backends (eager torch and the fused numba kernel) read this one layout:
+per-layer matrices stacked along a leading layer axis, the dilated convolution's taps
+flattened oldest first, and the residual and skip 1x1s fused into one matrix.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from wavekit.audio import mulaw_decode
+from wavekit.model import WaveNet
+
+
+@dataclass
+class InferenceWeights:
+    """Float32 tensors of one WaveNet, on one device, ready for incremental steps."""
+
+    head: str  # "mulaw" or "mol"
+    dilations: list[int]
+    kernel_size: int
+    embed_table: Tensor  # mulaw: [Q, R]; mol: [2, R] (weight row, bias row)
+    conv_w: Tensor  # [L, G, K * R], tap j multiplies x[t - (K - 1 - j) * d]
+    conv_b: Tensor  # [L, G]
+    cond_w: Tensor | None  # [L * G, M]
+    speaker_w: Tensor | None  # [L * G, E]
+    res_skip_w: Tensor  # [L, R + S, G / 2]
+    res_b: Tensor  # [L, R]
+    skip_b: Tensor  # [S], summed over layers
+    skip_scale: float
+    out1_w: Tensor  # [S, S]
+    out1_b: Tensor  # [S]
+    out2_w: Tensor  # [C, S]
+    out2_b: Tensor  # [C]
+    decode_table: Tensor  # mulaw: audio value of every bin; mol: unused (empty)
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.dilations)
+
+    @property
+    def residual_channels(self) -> int:
+        return self.res_b.shape[1]
+
+    @property
+    def gate_channels(self) -> int:
+        return self.conv_b.shape[1]
+
+    @classmethod
+    def from_model(cls, model: WaveNet) -> InferenceWeights:
+        """Copy `model`'s weights (on its device) into the generation layout."""
+        cfg = model.config
+        layers = model.layers
+        with torch.no_grad():
+
+            def stack(fn) -> Tensor:
+                return torch.stack([fn(layer) for layer in layers]).float().contiguous()
+
+            if cfg.head == "mulaw":
+                embed = model.embed.weight
+                decode = mulaw_decode(torch.arange(cfg.mulaw_channels, device=embed.device), cfg.mulaw_channels)
+            else:
+                embed = torch.stack([model.embed.weight[:, 0, 0], model.embed.bias])
+                decode = torch.empty(0, device=embed.device)
+            conv_w = stack(lambda l: l.conv.weight.permute(0, 2, 1).reshape(l.conv.out_channels, -1))
+            cond_w = torch.cat([l.cond.weight[:, :, 0] for l in layers]).float() if cfg.mel_channels else None
+            speaker_w = torch.cat([l.speaker.weight for l in layers]).float() if cfg.num_speakers else None
+            return cls(
+                head=cfg.head,
+                dilations=list(cfg.dilations),
+                kernel_size=cfg.kernel_size,
+                embed_table=embed.float().contiguous(),
+                conv_w=conv_w,
+                conv_b=stack(lambda l: l.conv.bias),
+                cond_w=cond_w,
+                speaker_w=speaker_w,
+                res_skip_w=stack(lambda l: torch.cat([l.residual.weight[:, :, 0], l.skip.weight[:, :, 0]])),
+                res_b=stack(lambda l: l.residual.bias),
+                skip_b=stack(lambda l: l.skip.bias).sum(0),
+                skip_scale=math.sqrt(1.0 / len(layers)),
+                out1_w=model.out1.weight[:, :, 0].float().contiguous(),
+                out1_b=model.out1.bias.float().contiguous(),
+                out2_w=model.out2.weight[:, :, 0].float().contiguous(),
+                out2_b=model.out2.bias.float().contiguous(),
+                decode_table=decode.float().contiguous(),
+            )
+
+    def layer_bias(self, cond: Tensor | None, speaker_embedding: Tensor | None, batch: int) -> Tensor:
+        """Per-step gate bias [B, T', L, G]: conv bias + speaker term + mel term.
+
+        `cond` is the upsampled mel for a span of steps [B, M, T'] (T' = 1 without mel);
+        the speaker term is [B, E]. One matrix product covers every layer.
+        """
+        L, G = self.conv_b.shape
+        bias = self.conv_b.reshape(1, 1, L, G).expand(batch, 1, L, G)
+        if speaker_embedding is not None:
+            bias = bias + (speaker_embedding.float() @ self.speaker_w.T).reshape(batch, 1, L, G)
+        if cond is not None:
+            mel_term = torch.einsum("km,bmt->btk", self.cond_w, cond.float())
+            bias = bias + mel_term.reshape(batch, cond.shape[2], L, G)
+        return bias.contiguous()
