@@ -128,16 +128,19 @@ def test_save_missing_directory_or_directory_path(tmp_path: Path) -> None:
         save(tmp_path, np.zeros(10), 16000)
 
 
-@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root can write anywhere")
-def test_save_unwritable_directory(tmp_path: Path) -> None:
-    locked = tmp_path / "locked"
-    locked.mkdir()
-    locked.chmod(0o500)
-    try:
-        with pytest.raises(AudioError, match="not writable"):
-            save(locked / "out.wav", np.zeros(10), 16000)
-    finally:
-        locked.chmod(0o700)
+def test_save_unwritable_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Permission bits do not stop root (CI runs as root), so deny write access at the check.
+    monkeypatch.setattr(os, "access", lambda path, mode: mode != os.W_OK)
+    with pytest.raises(AudioError, match="not writable"):
+        save(tmp_path / "out.wav", np.zeros(10), 16000)
+    assert not (tmp_path / "out.wav").exists()
+
+
+def test_save_under_a_file(tmp_path: Path) -> None:
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("not a directory")
+    with pytest.raises(AudioError, match="file.txt"):
+        save(blocker / "out.wav", np.zeros(10), 16000)
 
 
 @pytest.mark.parametrize("rate", [0, -16000, 16000.0])

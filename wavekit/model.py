@@ -99,6 +99,16 @@ class WaveNetConfig:
         """How many past samples can influence the prediction of the next one."""
         return (self.kernel_size - 1) * sum(self.dilations) + 1
 
+    @property
+    def flops_per_sample(self) -> int:
+        """Floating-point operations (2 per multiply-add) to generate one sample incrementally."""
+        half = self.gate_channels // 2
+        layer = self.kernel_size * self.residual_channels * self.gate_channels
+        layer += half * (self.residual_channels + self.skip_channels)
+        params = self.mulaw_channels if self.head == "mulaw" else 3 * self.mixtures
+        head = self.skip_channels * (self.skip_channels + params)
+        return 2 * (self.layers * layer + head)
+
     def build_distribution(self) -> OutputDistribution:
         """The output distribution this config's head describes."""
         if self.head == "mulaw":

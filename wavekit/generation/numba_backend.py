@@ -1,8 +1,10 @@
 """Fused CPU generation kernel: the whole queued per-sample loop compiled with numba.
 
 Eager PyTorch spends about a hundred kernel dispatches per sample; here one compiled
-call runs a chunk of steps for every stream, with the weights streamed from cache by
-register-blocked float32 matrix-vector products and one thread per group of streams.
+call runs a chunk of steps, with the weights streamed by register-blocked float32
+matrix-vector products. Several streams: one thread per group of streams. One stream:
+its weights are split between the cores ("parts"), each part streaming only its share
+from cache, and the parts swap partial sums at a lock-free barrier once per layer.
 It computes the same float32 arithmetic as `TorchQueuedBackend` (up to summation order)
 and draws samples with the exact algorithms documented in `wavekit.distributions`.
 """
@@ -16,6 +18,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numba
 import numpy as np
 import torch
+from llvmlite import ir
+from numba.core import cgutils, types
+from numba.extending import intrinsic
 from torch import Tensor
 
 from wavekit.audio import mulaw_encode
@@ -23,6 +28,63 @@ from wavekit.distributions import DiscretizedLogisticMixture, OutputDistribution
 from wavekit.generation.weights import InferenceWeights
 
 _FAST = {"reassoc", "contract", "arcp"}
+
+
+@intrinsic
+def _load_acquire(typingctx, array, index):
+    """array[index] read with acquire ordering (int64 array, intp index)."""
+    sig = types.int64(array, index)
+
+    def codegen(context, builder, signature, args):
+        ary = context.make_array(signature.args[0])(context, builder, args[0])
+        ptr = cgutils.get_item_pointer(context, builder, signature.args[0], ary, [args[1]])
+        return builder.load_atomic(ptr, ordering="acquire", align=8)
+
+    return sig, codegen
+
+
+@intrinsic
+def _store_release(typingctx, array, index, value):
+    """array[index] = value with release ordering (int64 array, intp index)."""
+    sig = types.void(array, index, value)
+
+    def codegen(context, builder, signature, args):
+        ary = context.make_array(signature.args[0])(context, builder, args[0])
+        ptr = cgutils.get_item_pointer(context, builder, signature.args[0], ary, [args[1]])
+        builder.store_atomic(args[2], ptr, ordering="release", align=8)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def _sched_yield(typingctx):
+    """Call libc's sched_yield() (an external symbol, so compiled code stays cacheable)."""
+    sig = types.int32()
+
+    def codegen(context, builder, signature, args):
+        fnty = ir.FunctionType(ir.IntType(32), [])
+        return builder.call(cgutils.get_or_insert_function(builder.module, fnty, "sched_yield"), [])
+
+    return sig, codegen
+
+
+_LINE = 16  # int64 counters per 128-byte line, so each part's counter has its own
+_SPINS = 4000  # busy polls before yielding the core to whoever holds it (e.g. a waiting part)
+
+
+@numba.njit(inline="always")
+def _publish_and_wait(counters, part, parts, sequence):
+    """Announce that `part` reached `sequence`, then wait until every part has."""
+    if parts == 1:
+        return
+    _store_release(counters, part * _LINE, sequence)
+    for other in range(parts):
+        spins = 0
+        while _load_acquire(counters, other * _LINE) < sequence:
+            spins += 1
+            if spins > _SPINS:
+                _sched_yield()
 
 
 @functools.cache
@@ -96,40 +158,59 @@ def _sample_mol(params, mixtures, temperature, log_scale_min, half_levels, u0, u
 
 
 @numba.njit(nogil=True, fastmath=_FAST, boundscheck=False, cache=True)
-def _run_streams(
-    first, last, t0, steps, is_mol, dilations, queue_offsets, kernel_size,
+def _run_part(
+    part, parts, first, last, t0, steps, sync_base, is_mol, dilations, queue_offsets, kernel_size,
     embed, conv_w, bias, res_skip_w, res_b, skip_b, skip_scale,
     out1_w, out1_b, out2_w, out2_b, decode,
     mixtures, half_levels, log_scale_min, temperature,
     queues, previous_bin, previous_value, noise, forced, forced_bins, out, params_out,
+    exchange, counters,
 ):  # fmt: skip
-    """Advance streams [first, last) by `steps` samples each; releases the GIL."""
-    layers, gate, taps_width = conv_w.shape
+    """Advance streams [first, last) by `steps` samples, computing share `part` of `parts`.
+
+    Weights come pre-split by part: conv_w [P, L, 2 * Hp, K * R] (part p's tanh rows then
+    its sigmoid rows), res_skip_w [P, L, R + S, Hp] (its columns), out1_w [P, S / P, S]
+    and out2_w [P, C / P, S] (its rows); bias [B, T', L, P, 2 * Hp]. Every part keeps a
+    full copy of the residual stream and its queues [B, P, Q, R]; partial sums meet in
+    `exchange` [P, L + 3, W], always added in part order, so all parts agree bit for bit.
+    Slot k is read right after barrier k and rewritten only after barrier k of the next
+    step, which no part passes before every part has published barrier k + 1: so one
+    barrier per slot is enough.
+    """
+    layers = conv_w.shape[1]
+    gate_part = conv_w.shape[2]
+    half_part = gate_part // 2
+    taps_width = conv_w.shape[3]
     residual = res_b.shape[1]
-    half = gate // 2
     skip = skip_b.shape[0]
-    classes = out2_b.shape[0]
+    hidden_part = out1_w.shape[1]
+    classes_part = out2_w.shape[1]
+    classes = classes_part * parts
     forcing = forced.shape[1] > 0
     recording = params_out.shape[2] > 0
     bias_varies = bias.shape[1] > 1
+    syncs = layers + 3
+    x = np.empty(residual, np.float32)
+    taps = np.empty(taps_width, np.float32)
+    h = np.empty(gate_part, np.float32)
+    z = np.empty(half_part, np.float32)
+    res_skip = np.empty(residual + skip, np.float32)
+    skips = np.empty(skip, np.float32)
+    hidden = np.empty(skip, np.float32)
+    params = np.empty(classes, np.float32)
     for b in range(first, last):
-        x = np.empty(residual, np.float32)
-        taps = np.empty(taps_width, np.float32)
-        h = np.empty(gate, np.float32)
-        z = np.empty(half, np.float32)
-        res_skip = np.empty(residual + skip, np.float32)
-        skips = np.empty(skip, np.float32)
-        hidden = np.empty(skip, np.float32)
-        params = np.empty(classes, np.float32)
+        prev_bin = previous_bin[b]
+        prev_value = previous_value[b]
         for s in range(steps):
             t = t0 + s
+            sequence = sync_base + s * syncs
             if is_mol:
                 for i in range(residual):
-                    x[i] = previous_value[b] * embed[0, i] + embed[1, i]
+                    x[i] = prev_value * embed[0, i] + embed[1, i]
             else:
                 for i in range(residual):
-                    x[i] = embed[previous_bin[b], i]
-            skips[:] = skip_b
+                    x[i] = embed[prev_bin, i]
+            skips[:] = 0.0
             bias_t = s if bias_varies else 0
             for l in range(layers):
                 d = dilations[l]
@@ -138,44 +219,65 @@ def _run_streams(
                 for j in range(kernel_size - 1):
                     slot = base + (t - (kernel_size - 1 - j) * d) % span
                     for i in range(residual):
-                        taps[j * residual + i] = queues[b, slot, i]
+                        taps[j * residual + i] = queues[b, part, slot, i]
                 for i in range(residual):
                     taps[(kernel_size - 1) * residual + i] = x[i]
-                    queues[b, base + t % span, i] = x[i]
-                h[:] = bias[b, bias_t, l]
-                _matvec_add(conv_w[l], taps, h)
-                for i in range(half):
-                    z[i] = math.tanh(h[i]) / (np.float32(1.0) + math.exp(-h[half + i]))
+                    queues[b, part, base + t % span, i] = x[i]
+                h[:] = bias[b, bias_t, l, part]
+                _matvec_add(conv_w[part, l], taps, h)
+                for i in range(half_part):
+                    z[i] = math.tanh(h[i]) / (np.float32(1.0) + math.exp(-h[half_part + i]))
                 res_skip[:] = 0.0
-                _matvec_add(res_skip_w[l], z, res_skip)
-                for i in range(residual):
-                    x[i] = (x[i] + res_skip[i] + res_b[l, i]) * np.float32(0.7071067811865476)
+                _matvec_add(res_skip_w[part, l], z, res_skip)
+                exchange[part, l, :residual] = res_skip[:residual]
                 for i in range(skip):
                     skips[i] += res_skip[residual + i]
+                _publish_and_wait(counters, part, parts, sequence + l + 1)
+                for i in range(residual):
+                    total = exchange[0, l, i]
+                    for p in range(1, parts):
+                        total += exchange[p, l, i]
+                    x[i] = (x[i] + total + res_b[l, i]) * np.float32(0.7071067811865476)
+            exchange[part, layers, :skip] = skips
+            _publish_and_wait(counters, part, parts, sequence + layers + 1)
             for i in range(skip):
-                skips[i] = max(skips[i] * skip_scale, np.float32(0.0))
-            hidden[:] = out1_b
-            _matvec_add(out1_w, skips, hidden)
-            for i in range(skip):
-                hidden[i] = max(hidden[i], np.float32(0.0))
-            params[:] = out2_b
-            _matvec_add(out2_w, hidden, params)
-            if recording:
-                params_out[b, :, s] = params
+                total = exchange[0, layers, i]
+                for p in range(1, parts):
+                    total += exchange[p, layers, i]
+                skips[i] = max((total + skip_b[i]) * skip_scale, np.float32(0.0))
+            row = part * hidden_part
+            hidden[:hidden_part] = out1_b[row : row + hidden_part]
+            _matvec_add(out1_w[part], skips, hidden[:hidden_part])
+            for i in range(hidden_part):
+                exchange[part, layers + 1, i] = max(hidden[i], np.float32(0.0))
+            _publish_and_wait(counters, part, parts, sequence + layers + 2)
+            for p in range(parts):
+                hidden[p * hidden_part : (p + 1) * hidden_part] = exchange[p, layers + 1, :hidden_part]
+            row = part * classes_part
+            params[:classes_part] = out2_b[row : row + classes_part]
+            _matvec_add(out2_w[part], hidden, params[:classes_part])
+            exchange[part, layers + 2, :classes_part] = params[:classes_part]
+            _publish_and_wait(counters, part, parts, sequence + layers + 3)
+            for p in range(parts):
+                params[p * classes_part : (p + 1) * classes_part] = exchange[p, layers + 2, :classes_part]
             if forcing:
                 value = forced[b, s]
-                previous_bin[b] = forced_bins[b, s]
+                prev_bin = forced_bins[b, s]
             elif is_mol:
                 value = _sample_mol(
                     params, mixtures, temperature, log_scale_min, half_levels, noise[b, 0, s], noise[b, 1, s]
                 )
             else:
-                k = _inverse_cdf(params, 0, classes, temperature, noise[b, 0, s])
-                previous_bin[b] = k
-                value = decode[k]
-            if is_mol:
-                previous_value[b] = value
-            out[b, s] = value
+                prev_bin = _inverse_cdf(params, 0, classes, temperature, noise[b, 0, s])
+                value = decode[prev_bin]
+            prev_value = value
+            if part == 0:
+                out[b, s] = value
+                if recording:
+                    params_out[b, :, s] = params
+        if part == 0:
+            previous_bin[b] = prev_bin
+            previous_value[b] = prev_value
 
 
 class NumbaQueuedBackend:
@@ -184,11 +286,14 @@ class NumbaQueuedBackend:
     def __init__(self, weights: InferenceWeights, distribution: OutputDistribution, batch: int):
         self.w = weights
         self.t = 0
+        self.sync = 0
         self.is_mol = weights.head == "mol"
+        threads = torch.get_num_threads()
+        self.parts = threads if batch == 1 and _splittable(weights, threads) else 1
         spans = [d * (weights.kernel_size - 1) for d in weights.dilations]
         self.queue_offsets = np.concatenate([[0], np.cumsum(spans)[:-1]]).astype(np.int64)
         self.dilations = np.asarray(weights.dilations, dtype=np.int64)
-        self.queues = np.zeros((batch, sum(spans), weights.residual_channels), np.float32)
+        self.queues = np.zeros((batch, self.parts, sum(spans), weights.residual_channels), np.float32)
         self.previous_bin = np.zeros(batch, np.int64)
         self.previous_value = np.zeros(batch, np.float32)
         if not self.is_mol:
@@ -197,11 +302,28 @@ class NumbaQueuedBackend:
             self.mol = (distribution.mixtures, np.float32(distribution._half_levels), distribution.log_scale_min)
         else:
             self.mol = (0, np.float32(0.0), 0.0)
-        names = ("embed_table", "conv_w", "res_skip_w", "res_b", "skip_b", "out1_w", "out1_b", "out2_w", "out2_b")
-        self.arrays = {name: getattr(weights, name).detach().cpu().numpy() for name in names}
-        self.decode = weights.decode_table.cpu().numpy()
-        if not len(self.decode):
-            self.decode = np.zeros(1, np.float32)
+        self.gate_order = _gate_order(weights.gate_channels, self.parts)
+        P, L = self.parts, weights.num_layers
+        cpu = {name: getattr(weights, name).detach().cpu().numpy() for name in _WEIGHT_NAMES}
+        conv = cpu["conv_w"][:, self.gate_order].reshape(L, P, -1, cpu["conv_w"].shape[2])
+        self.arrays = {
+            "embed": cpu["embed_table"],
+            "conv_w": np.ascontiguousarray(conv.transpose(1, 0, 2, 3)),
+            "res_skip_w": np.ascontiguousarray(
+                np.stack(np.split(cpu["res_skip_w"], P, axis=2))
+            ),
+            "res_b": cpu["res_b"],
+            "skip_b": cpu["skip_b"],
+            "out1_w": np.ascontiguousarray(np.stack(np.split(cpu["out1_w"], P))),
+            "out1_b": cpu["out1_b"],
+            "out2_w": np.ascontiguousarray(np.stack(np.split(cpu["out2_w"], P))),
+            "out2_b": cpu["out2_b"],
+        }
+        self.decode = weights.decode_table.cpu().numpy() if len(weights.decode_table) else np.zeros(1, np.float32)
+        width = max(weights.residual_channels, len(cpu["skip_b"]), len(cpu["out2_b"]))
+        groups = P if P > 1 else min(batch, threads)
+        self.exchanges = [np.zeros((P, L + 3, width), np.float32) for _ in range(groups)]
+        self.counters = np.zeros(P * _LINE, np.int64)
 
     def run(
         self, bias: Tensor, noise: Tensor | None, temperature: float, forced: Tensor | None = None
@@ -210,9 +332,10 @@ class NumbaQueuedBackend:
         batch = self.queues.shape[0]
         steps = forced.shape[1] if forced is not None else noise.shape[2]
         classes = self.arrays["out2_b"].shape[0]
-        empty2 = np.zeros((batch, 0), np.float32)
+        P, L = self.parts, self.w.num_layers
+        bias_np = np.ascontiguousarray(bias.numpy()[..., self.gate_order].reshape(batch, bias.shape[1], L, P, -1))
         noise_np = noise.numpy() if noise is not None else np.zeros((batch, 2, 0), np.float32)
-        forced_np = forced.float().numpy() if forced is not None else empty2
+        forced_np = forced.float().numpy() if forced is not None else np.zeros((batch, 0), np.float32)
         forced_bins = np.zeros(forced_np.shape, np.int64)
         if forced is not None and not self.is_mol:
             forced_bins = mulaw_encode(forced, len(self.decode)).numpy()
@@ -220,17 +343,44 @@ class NumbaQueuedBackend:
         out = np.empty((batch, steps), np.float32)
         a = self.arrays
         mixtures, half_levels, log_scale_min = self.mol
-        args = (
-            self.t, steps, self.is_mol, self.dilations, self.queue_offsets, self.w.kernel_size,
-            a["embed_table"], a["conv_w"], bias.numpy(), a["res_skip_w"], a["res_b"], a["skip_b"],
-            np.float32(self.w.skip_scale), a["out1_w"], a["out1_b"], a["out2_w"], a["out2_b"], self.decode,
-            mixtures, half_levels, np.float32(log_scale_min), np.float32(temperature),
-            self.queues, self.previous_bin, self.previous_value, noise_np, forced_np, forced_bins, out, params,
-        )  # fmt: skip
-        bounds = np.linspace(0, batch, min(batch, torch.get_num_threads()) + 1).astype(int)
-        if len(bounds) == 2:
-            _run_streams(0, batch, *args)
+
+        def work(part: int, first: int, last: int, exchange: np.ndarray) -> None:
+            _run_part(
+                part, P, first, last, self.t, steps, self.sync, self.is_mol, self.dilations,
+                self.queue_offsets, self.w.kernel_size, a["embed"], a["conv_w"], bias_np,
+                a["res_skip_w"], a["res_b"], a["skip_b"], np.float32(self.w.skip_scale),
+                a["out1_w"], a["out1_b"], a["out2_w"], a["out2_b"], self.decode,
+                mixtures, half_levels, np.float32(log_scale_min), np.float32(temperature),
+                self.queues, self.previous_bin, self.previous_value, noise_np, forced_np, forced_bins, out, params,
+                exchange, self.counters,
+            )  # fmt: skip
+
+        if P > 1:
+            jobs = [(part, 0, batch, self.exchanges[0]) for part in range(P)]
         else:
-            list(_pool().map(lambda i: _run_streams(bounds[i], bounds[i + 1], *args), range(len(bounds) - 1)))
+            bounds = np.linspace(0, batch, len(self.exchanges) + 1).astype(int)
+            jobs = [(0, bounds[g], bounds[g + 1], self.exchanges[g]) for g in range(len(self.exchanges))]
+        if len(jobs) == 1:
+            work(*jobs[0])
+        else:
+            for future in [_pool().submit(work, *job) for job in jobs]:
+                future.result()
         self.t += steps
+        self.sync += steps * (L + 3)
         return torch.from_numpy(out), (torch.from_numpy(params) if forced is not None else None)
+
+
+_WEIGHT_NAMES = ("embed_table", "conv_w", "res_skip_w", "res_b", "skip_b", "out1_w", "out1_b", "out2_w", "out2_b")
+
+
+def _splittable(weights: InferenceWeights, parts: int) -> bool:
+    """Whether every split dimension divides evenly into `parts`."""
+    dims = (weights.gate_channels // 2, weights.out1_w.shape[0], weights.out2_w.shape[0])
+    return parts > 1 and all(d % parts == 0 for d in dims)
+
+
+def _gate_order(gate: int, parts: int) -> np.ndarray:
+    """Gate rows regrouped by part: part p's tanh rows, then its sigmoid rows, for p = 0, 1, ..."""
+    half = gate // 2
+    rows = np.arange(half).reshape(parts, -1)
+    return np.concatenate([np.concatenate([r, r + half]) for r in rows])
