@@ -19,7 +19,7 @@ import torch
 import torchaudio.functional as AF
 import torchaudio.transforms as AT
 
-__all__ = ["AudioError", "load", "save", "mulaw_encode", "mulaw_decode", "log_mel"]
+__all__ = ["AudioError", "load", "save", "check_writable", "mulaw_encode", "mulaw_decode", "log_mel"]
 
 # RIFF/FORM size fields that streaming writers leave as "unknown".
 _UNKNOWN_CONTAINER_SIZES = (0, 0xFFFFFFFF)
@@ -111,6 +111,19 @@ def load(path: str | os.PathLike, sample_rate: int) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(mono, dtype=np.float32))
 
 
+def check_writable(path: str | os.PathLike) -> None:
+    """Raise AudioError naming `path` unless a file can be created there (its directory exists
+    and is writable, and the path is not a directory). Lets callers fail before long work."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise AudioError(f"{path}: directory {directory} does not exist")
+    if os.path.isdir(path):
+        raise AudioError(f"{path}: is a directory")
+    if not os.access(directory, os.W_OK):
+        raise AudioError(f"{path}: directory {directory} is not writable")
+
+
 def save(path: str | os.PathLike, audio: torch.Tensor | np.ndarray, sample_rate: int) -> None:
     """Write ``audio`` as a 16-bit PCM WAV file.
 
@@ -136,13 +149,7 @@ def save(path: str | os.PathLike, audio: torch.Tensor | np.ndarray, sample_rate:
         raise AudioError("audio contains NaN or infinite samples")
     pcm = np.clip(np.round(np.clip(array, -1.0, 1.0) * 32768.0), -32768, 32767).astype(np.int16)
 
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise AudioError(f"{path}: directory {directory} does not exist")
-    if os.path.isdir(path):
-        raise AudioError(f"{path}: is a directory")
-    if not os.access(directory, os.W_OK):
-        raise AudioError(f"{path}: directory {directory} is not writable")
+    check_writable(path)
     try:
         sf.write(path, pcm.T, sample_rate, format="WAV", subtype="PCM_16")
     except (sf.LibsndfileError, OSError) as e:

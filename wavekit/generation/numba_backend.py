@@ -11,7 +11,9 @@ and draws samples with the exact algorithms documented in `wavekit.distributions
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import threading
 import math
 from concurrent.futures import ThreadPoolExecutor
 
@@ -87,10 +89,15 @@ def _publish_and_wait(counters, part, parts, sequence):
                 _sched_yield()
 
 
+# The parts of a split stream spin until all of them run: one split run at a time per process,
+# its parts on the caller's thread and `parts - 1` pool threads, so they always run together.
+_SPLIT_LOCK = threading.Lock()
+
+
 @functools.cache
-def _pool() -> ThreadPoolExecutor:
-    """Worker threads for stream groups (the kernel releases the GIL)."""
-    return ThreadPoolExecutor(max_workers=torch.get_num_threads(), thread_name_prefix="wavekit-gen")
+def _pool(workers: int) -> ThreadPoolExecutor:
+    """A pool of `workers` threads for the parts or stream groups beyond the caller's."""
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="wavekit-gen")
 
 
 @numba.njit(fastmath=_FAST, inline="always", boundscheck=False)
@@ -360,10 +367,10 @@ class NumbaQueuedBackend:
         else:
             bounds = np.linspace(0, batch, len(self.exchanges) + 1).astype(int)
             jobs = [(0, bounds[g], bounds[g + 1], self.exchanges[g]) for g in range(len(self.exchanges))]
-        if len(jobs) == 1:
+        with _SPLIT_LOCK if P > 1 else contextlib.nullcontext():
+            futures = [_pool(len(jobs) - 1).submit(work, *job) for job in jobs[1:]]
             work(*jobs[0])
-        else:
-            for future in [_pool().submit(work, *job) for job in jobs]:
+            for future in futures:
                 future.result()
         self.t += steps
         self.sync += steps * (L + 3)

@@ -53,8 +53,11 @@ class TorchQueuedBackend:
         for l, (d, queue) in enumerate(zip(w.dilations, self.queues)):
             span = queue.shape[1]
             slot = self.t % span
-            taps = [queue[:, (self.t - j * d) % span] for j in range(w.kernel_size - 1, 0, -1)]
-            h = torch.addmm(bias[:, l], torch.cat(taps + [x], dim=1), w.conv_w[l].T)
+            K = w.kernel_size
+            h = torch.addmm(bias[:, l], x, w.conv_w[l, :, (K - 1) * R :].T)
+            for j in range(K - 1):  # tap j holds x[t - (K - 1 - j) * d]
+                tap = queue[:, (self.t - (K - 1 - j) * d) % span]
+                h.addmm_(tap, w.conv_w[l, :, j * R : (j + 1) * R].T)
             queue[:, slot] = x
             z = torch.tanh(h[:, :half]) * torch.sigmoid(h[:, half:])
             res_skip = z @ w.res_skip_w[l].T
