@@ -3,6 +3,7 @@
     python benchmarks/generation.py            # full table, about 4 minutes on 2 cores
     python benchmarks/generation.py --quick    # a smoke run
     python benchmarks/generation.py --device cuda
+    python benchmarks/generation.py --roofline # the machine's limits that bound the figures
 
 Prints one JSON line per case: samples_per_s (all streams together), real_time_factor at
 16 kHz (how many real-time streams that is) and useful GFLOP/s (the incremental
@@ -49,11 +50,53 @@ def measure(model: WaveNet, method: str, batch: int, seconds: float) -> tuple[in
     return n, time.perf_counter() - started
 
 
+def matmul_gflops(m: int, k: int, n: int, device: str, seconds: float = 0.5) -> float:
+    """Achieved GFLOP/s of float32 [m, k] @ [k, n] on `device`."""
+    a, b = torch.randn(m, k, device=device), torch.randn(k, n, device=device)
+    for _ in range(3):
+        a @ b
+    calls, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        a @ b
+        calls += 1
+    if device != "cpu":
+        torch.cuda.synchronize()
+    return 2 * m * k * n * calls / (time.perf_counter() - started) / 1e9
+
+
+def roofline(device: str) -> None:
+    """Print the limits behind the figures: GEMM peak, the step's GEMM shapes, weight bytes."""
+    config = MODELS["20L-R64-S256"]
+    r, g, s = config.residual_channels, config.gate_channels, config.skip_channels
+    shapes = {"peak 2048^3": (2048, 2048, 2048), "conv tap": (256, r, g), "res+skip": (256, g // 2, r + s)}
+    shapes["out"] = (256, s, s)
+    for name, shape in shapes.items():
+        print(json.dumps({"roofline": "sgemm", "shape": name, "mkn": shape, "gflops": round(matmul_gflops(*shape, device), 1)}))
+    weights = config.flops_per_sample // 2 * 4
+    print(json.dumps({"roofline": "weights", "model": "20L-R64-S256", "fp32_bytes_per_sample": weights}))
+    if device == "cpu":
+        block = torch.ones(weights // 4)
+        threads = torch.get_num_threads()
+        for count in sorted({1, threads}):
+            torch.set_num_threads(count)
+            calls, started = 0, time.perf_counter()
+            while time.perf_counter() - started < 0.5:
+                block.sum()
+                calls += 1
+            rate = calls * weights / (time.perf_counter() - started) / 1e9
+            print(json.dumps({"roofline": "read bandwidth of the weights' size", "threads": count, "gb_per_s": round(rate, 1)}))
+        torch.set_num_threads(threads)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--quick", action="store_true", help="short runs, fewer cases")
+    parser.add_argument("--roofline", action="store_true", help="print the machine's limits and stop")
     args = parser.parse_args()
+    if args.roofline:
+        roofline(args.device)
+        return
     seconds = 0.5 if args.quick else 3.0
     methods = ["numba", "torch", "naive"] if args.device == "cpu" else ["torch", "naive"]
     batches = [1, 64] if args.quick else [1, 64, 256]

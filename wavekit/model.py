@@ -60,7 +60,10 @@ class WaveNetConfig:
     def __post_init__(self) -> None:
         self.upsample_scales = tuple(int(s) for s in self.upsample_scales)
         self.speaker_names = tuple(str(s) for s in self.speaker_names)
-        positive = ("layers", "stacks", "residual_channels", "gate_channels", "skip_channels", "sample_rate")
+        positive = (
+            "layers", "stacks", "residual_channels", "gate_channels", "skip_channels", "sample_rate",
+            "mixtures", "speaker_channels", "n_fft",
+        )  # fmt: skip
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"WaveNetConfig.{name} must be positive, got {getattr(self, name)}")
@@ -70,6 +73,10 @@ class WaveNetConfig:
             raise ValueError(f"WaveNetConfig.kernel_size must be >= 2, got {self.kernel_size}")
         if self.gate_channels % 2:
             raise ValueError(f"WaveNetConfig.gate_channels must be even, got {self.gate_channels}")
+        if self.mulaw_channels < 2:
+            raise ValueError(f"WaveNetConfig.mulaw_channels must be >= 2, got {self.mulaw_channels}")
+        if not 1 <= self.bits <= 24:
+            raise ValueError(f"WaveNetConfig.bits must be in [1, 24], got {self.bits}")
         if self.head not in HEADS:
             raise ValueError(f"WaveNetConfig.head must be one of {HEADS}, got {self.head!r}")
         if not 0.0 <= self.dropout < 1.0:
@@ -248,7 +255,8 @@ class WaveNet(nn.Module):
             frames_samples = mel.shape[2] * cfg.hop_length
             if num_samples is not None and num_samples != frames_samples:
                 raise ValueError(
-                    f"num_samples: {num_samples} does not match the mel's {mel.shape[2]} frames x hop {cfg.hop_length}"
+                    f"mel: {mel.shape[2]} frames x hop {cfg.hop_length} = {frames_samples} samples "
+                    f"do not match num_samples / audio length {num_samples}"
                 )
             num_samples = frames_samples
             mel = mel.to(device=device, dtype=torch.float32)
@@ -257,7 +265,10 @@ class WaveNet(nn.Module):
         if cfg.num_speakers:
             if speaker is None:
                 raise ValueError(f"speaker: this model needs a speaker id in [0, {cfg.num_speakers})")
-            speaker = torch.as_tensor(speaker, dtype=torch.long, device=device).reshape(-1)
+            speaker = torch.as_tensor(speaker, device=device).reshape(-1)
+            if speaker.is_floating_point() or speaker.is_complex() or speaker.dtype == torch.bool:
+                raise ValueError(f"speaker: ids must be integers, got {speaker.tolist()}")
+            speaker = speaker.long()
             if speaker.numel() == 1 and batch > 1:
                 speaker = speaker.expand(batch)
             if speaker.numel() != batch:
@@ -329,6 +340,9 @@ class WaveNet(nn.Module):
             raise ValueError(f"{path}: not a readable wavekit model file ({err})") from err
         if "wavekit_config" not in metadata:
             raise ValueError(f"{path}: no wavekit config in the file's metadata")
-        model = cls(WaveNetConfig.from_dict(json.loads(metadata["wavekit_config"])))
-        model.load_state_dict(state)
-        return model.eval()
+        try:
+            model = cls(WaveNetConfig.from_dict(json.loads(metadata["wavekit_config"])))
+            model.load_state_dict(state)
+        except (ValueError, RuntimeError) as err:  # bad config JSON or values, missing/mismatched tensors
+            raise ValueError(f"{path}: invalid wavekit model ({err})") from err
+        return model.to(map_location).eval()
