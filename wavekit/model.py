@@ -239,6 +239,8 @@ class WaveNet(nn.Module):
         """
         cfg = self.config
         device = next(self.parameters()).device
+        if num_samples is not None and num_samples <= 0:
+            raise ValueError(f"num_samples: must be a positive integer, got {num_samples}")
         if cfg.mel_channels:
             if mel is None:
                 raise ValueError(f"mel: this model is conditioned on {cfg.mel_channels}-channel log-mel frames")

@@ -85,8 +85,9 @@ def _prepare(
     if not (isinstance(temperature, (int, float)) and temperature > 0):
         raise ValueError(f"temperature: must be > 0, got {temperature!r}")
     hop = model.config.hop_length
-    mel_lengths = None
+    mel_lengths = mel_list = None
     if isinstance(mel, (list, tuple)):
+        mel_list = list(mel)
         mel_lengths = [m.shape[-1] * hop for m in mel]
         frames = max(m.shape[-1] for m in mel)
         mel = torch.stack([F.pad(m, (0, frames - m.shape[-1])) for m in mel])
@@ -108,6 +109,9 @@ def _prepare(
         lengths = lengths * batch
     with torch.no_grad():
         cond, speaker_embedding = model.conditioning(mel, speaker)
+        for b, frames in enumerate(mel_list or []):  # upsample alone: padding must not smooth into it
+            cond[b] = 0.0
+            cond[b, :, : mel_lengths[b]] = model.upsampler(frames.to(cond)[None])[0]
     if seed is None:
         seed = int(torch.randint(0, 2**62, ()).item())
     generators = [torch.Generator().manual_seed(seed + b) for b in range(batch)]
@@ -181,7 +185,13 @@ def stream(
     batch = _prepare(model, num_samples, mel, speaker, batch_size, temperature, seed)
     weights = InferenceWeights.from_model(model)
     runner = _backend(model, weights, batch.size, backend)
-    noise_channels = model.distribution.noise_channels
+    return _chunks(batch, weights, runner, model.distribution.noise_channels, chunk_size, progress)
+
+
+def _chunks(
+    batch: _Batch, weights: InferenceWeights, runner, noise_channels: int, chunk_size: int, progress: Progress
+) -> Iterator[Tensor]:
+    """The generator behind `stream`, started only after every argument was checked."""
     update, close = _progress_callback(progress, batch.total, batch.size)
     try:
         for start in range(0, batch.total, chunk_size):
