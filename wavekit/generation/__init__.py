@@ -26,7 +26,7 @@ from wavekit.model import WaveNet
 __all__ = ["generate", "stream", "naive_generate", "teacher_forced_params", "BACKENDS"]
 
 BACKENDS = {"torch": TorchQueuedBackend, "numba": NumbaQueuedBackend}
-NUMBA_MAX_BATCH = 16  # above this, eager GEMMs beat per-stream kernels (benchmarks/generation.py)
+NUMBA_MAX_BATCH = 128  # above this, eager GEMMs beat per-stream kernels (docs/performance.md)
 BIAS_BUDGET = 1 << 22  # floats of per-step gate bias computed at once when mel-conditioned
 
 Progress = bool | Callable[[int, int], None]
