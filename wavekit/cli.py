@@ -28,14 +28,14 @@ def _toy(args: argparse.Namespace) -> None:
     torch.manual_seed(args.seed)
     config = toy.toy_config()
     model = WaveNet(config)
-    signal = toy.periodic_signal(config.sample_rate * 2, config.sample_rate, seed=args.seed)
-    held_out = toy.periodic_signal(config.sample_rate, config.sample_rate, seed=args.seed + 1)
+    waveform = toy.periodic_signal(config.sample_rate * 3, config.sample_rate, seed=args.seed)
+    signal, held_out = waveform[: 2 * config.sample_rate], waveform[2 * config.sample_rate :]
     before = toy.bits_per_sample(model, held_out)
     started = time.perf_counter()
     toy.train(model, signal, args.steps, seed=args.seed, log_every=max(1, args.steps // 10))
     trained = time.perf_counter() - started
     after = toy.bits_per_sample(model, held_out)
-    print(f"trained {args.steps} steps in {trained:.1f} s: {before:.2f} -> {after:.2f} bits/sample (held out)")
+    print(f"trained {args.steps} steps in {trained:.1f} s: {before:.3f} -> {after:.3f} bits/sample (held out)")
     num_samples = int(args.seconds * config.sample_rate)
     started = time.perf_counter()
     wave = generate(model, num_samples, seed=args.seed, progress=True)[0]

@@ -141,21 +141,23 @@ def _spans(batch: _Batch, weights: InferenceWeights, start: int, stop: int) -> I
         yield a, b, weights.layer_bias(batch.cond[:, :, a:b], batch.speaker_embedding, batch.size)
 
 
-def _progress_callback(progress: Progress, total: int, batch: int) -> tuple[Callable[[int], None], Callable[[], None]]:
-    """(update(done), close()) for a bool or a user callback(done, total)."""
+def _progress_callback(
+    progress: Progress, total: int, batch: int, sample_rate: int
+) -> tuple[Callable[[int], None], Callable[[], None]]:
+    """(update(done), close()) for a bool (a bar with samples/s and real-time factor) or a callback(done, total)."""
     if callable(progress):
         return (lambda done: progress(done, total)), (lambda: None)
     if not progress:
         return (lambda done: None), (lambda: None)
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=total, unit="sample", unit_scale=True, desc=f"generating x{batch}")
+    bar = tqdm(total=total, unit="sample", unit_scale=True, desc=f"generating {batch} stream(s)")
     started = time.perf_counter()
 
     def update(done: int) -> None:
         bar.update(done - bar.n)
-        elapsed = time.perf_counter() - started
-        bar.set_postfix_str(f"{done * batch / max(elapsed, 1e-9):,.0f} samples/s total")
+        rate = done * batch / max(time.perf_counter() - started, 1e-9)
+        bar.set_postfix_str(f"{rate:,.0f} samples/s in all, {rate / sample_rate:.1f}x real time")
 
     return update, bar.close
 
@@ -185,14 +187,20 @@ def stream(
     batch = _prepare(model, num_samples, mel, speaker, batch_size, temperature, seed)
     weights = InferenceWeights.from_model(model)
     runner = _backend(model, weights, batch.size, backend)
-    return _chunks(batch, weights, runner, model.distribution.noise_channels, chunk_size, progress)
+    update, close = _progress_callback(progress, batch.total, batch.size, model.config.sample_rate)
+    return _chunks(batch, weights, runner, model.distribution.noise_channels, chunk_size, update, close)
 
 
 def _chunks(
-    batch: _Batch, weights: InferenceWeights, runner, noise_channels: int, chunk_size: int, progress: Progress
+    batch: _Batch,
+    weights: InferenceWeights,
+    runner,
+    noise_channels: int,
+    chunk_size: int,
+    update: Callable[[int], None],
+    close: Callable[[], None],
 ) -> Iterator[Tensor]:
     """The generator behind `stream`, started only after every argument was checked."""
-    update, close = _progress_callback(progress, batch.total, batch.size)
     try:
         for start in range(0, batch.total, chunk_size):
             stop = min(batch.total, start + chunk_size)
