@@ -542,3 +542,29 @@ def test_naive_generate_refuses_train_mode():
     model = make_model(mel=False, speakers=False, dropout=0.1).train()
     with raises_naming("model"):
         naive_generate(model, 10, seed=0)
+
+
+def test_bad_lengths_and_mel_lists_raise_naming_them():
+    model = make_model(speakers=False)
+    plain = make_model(mel=False, speakers=False)
+    with pytest.raises(ValueError, match=r"\bnum_samples\b"):
+        generate(plain, 2.7)
+    with pytest.raises(ValueError, match=r"\bnum_samples\b"):
+        generate(plain, [])
+    with pytest.raises(ValueError, match=r"\bmel\b"):
+        generate(model, mel=[])
+    with pytest.raises(ValueError, match=r"mel\[1\]"):
+        generate(model, mel=[random_mel(None, 4), torch.zeros(MEL_CHANNELS + 1, 4)])
+    with pytest.raises(ValueError, match=r"mel\[0\]"):
+        generate(model, mel=[random_mel(1, 4)])
+
+
+def test_generation_does_not_alias_live_weights():
+    model = make_model(mel=False, speakers=False)
+    weights = InferenceWeights.from_model(model)
+    before = weights.out1_b.clone()
+    with torch.no_grad():
+        model.out1.bias.add_(1.0)
+        model.embed.weight.add_(1.0)
+    assert torch.equal(weights.out1_b, before)
+    assert not torch.equal(weights.embed_table, model.embed.weight)

@@ -333,3 +333,20 @@ def test_toy_training_learns_the_periodic_signal() -> None:
     assert final < TOY_MAX_BITS, f"toy model reached only {final:.3f} bits/sample"
     assert initial - final >= TOY_MIN_GAIN_BITS
     assert toy.bits_per_sample(model, fresh.reshape(2, -1)) < TOY_MAX_BITS + 0.1  # [B, T] input
+
+
+def test_mel_frequency_range_is_checked():
+    with pytest.raises(ValueError, match="fmin"):
+        WaveNetConfig(mel_channels=8, fmin=9000.0)
+    with pytest.raises(ValueError, match="fmax"):
+        WaveNetConfig(mel_channels=8, fmax=12000.0)
+    WaveNetConfig(mel_channels=0, fmin=9000.0)  # unused without mel conditioning
+
+
+def test_from_file_with_a_non_mapping_config_names_the_file(tmp_path):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "odd.safetensors"
+    save_file({"x": torch.zeros(1)}, str(path), metadata={"wavekit_config": "[1, 2]"})
+    with pytest.raises(ValueError, match="odd.safetensors"):
+        WaveNet.from_file(path)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
 import os
 from dataclasses import dataclass, field
 
@@ -22,6 +23,7 @@ from wavekit.audio import log_mel, mulaw_encode
 from wavekit.distributions import DiscretizedLogisticMixture, MuLawCategorical, OutputDistribution
 
 HEADS = ("mulaw", "mol")
+RESIDUAL_SCALE = math.sqrt(0.5)  # keeps the residual stream's variance steady across layers
 
 
 @dataclass
@@ -85,6 +87,11 @@ class WaveNetConfig:
             raise ValueError("WaveNetConfig.mel_channels and num_speakers must be >= 0")
         if any(s < 1 for s in self.upsample_scales):
             raise ValueError(f"WaveNetConfig.upsample_scales must be positive, got {self.upsample_scales}")
+        if self.mel_channels and not 0 <= self.fmin < (self.fmax or self.sample_rate / 2) <= self.sample_rate / 2:
+            raise ValueError(
+                f"WaveNetConfig.fmin/fmax must satisfy 0 <= fmin < fmax <= sample_rate / 2, "
+                f"got {self.fmin} and {self.fmax} at {self.sample_rate} Hz"
+            )
         if self.speaker_names and len(self.speaker_names) != self.num_speakers:
             raise ValueError(
                 f"WaveNetConfig.speaker_names has {len(self.speaker_names)} names for {self.num_speakers} speakers"
@@ -135,6 +142,8 @@ class WaveNetConfig:
     @classmethod
     def from_dict(cls, values: dict) -> WaveNetConfig:
         """Inverse of `to_dict`; an unknown key raises ValueError naming it."""
+        if not isinstance(values, dict):
+            raise ValueError(f"WaveNetConfig: expected a mapping of fields, got {type(values).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -175,7 +184,7 @@ class ResidualLayer(nn.Module):
             h = h + self.speaker(speaker).unsqueeze(-1)
         a, b = h.chunk(2, dim=1)
         z = torch.tanh(a) * torch.sigmoid(b)
-        return (x + self.residual(z)) * math.sqrt(0.5), self.skip(z)
+        return (x + self.residual(z)) * RESIDUAL_SCALE, self.skip(z)
 
 
 class ConditioningUpsampler(nn.Module):
@@ -239,15 +248,17 @@ class WaveNet(nn.Module):
         """
         cfg = self.config
         device = next(self.parameters()).device
-        if num_samples is not None and num_samples <= 0:
-            raise ValueError(f"num_samples: must be a positive integer, got {num_samples}")
+        if num_samples is not None:
+            if isinstance(num_samples, bool) or not isinstance(num_samples, numbers.Integral) or num_samples <= 0:
+                raise ValueError(f"num_samples: must be a positive integer, got {num_samples!r}")
+            num_samples = int(num_samples)
         if cfg.mel_channels:
             if mel is None:
                 raise ValueError(f"mel: this model is conditioned on {cfg.mel_channels}-channel log-mel frames")
             if mel.dim() == 2:
                 mel = mel.unsqueeze(0)
-            if mel.dim() != 3 or mel.shape[1] != cfg.mel_channels:
-                raise ValueError(f"mel: expected [B, {cfg.mel_channels}, frames], got {list(mel.shape)}")
+            if mel.dim() != 3 or mel.shape[1] != cfg.mel_channels or mel.shape[2] == 0:
+                raise ValueError(f"mel: expected [B, {cfg.mel_channels}, frames >= 1], got {list(mel.shape)}")
             if mel.shape[0] == 1 and batch > 1:
                 mel = mel.expand(batch, -1, -1)
             if mel.shape[0] != batch:
@@ -279,13 +290,13 @@ class WaveNet(nn.Module):
                 raise ValueError(f"speaker: ids must be in [0, {cfg.num_speakers}), got {speaker.tolist()}")
         elif speaker is not None:
             raise ValueError("speaker: this model takes no speaker conditioning")
-        if num_samples is None or num_samples <= 0:
-            raise ValueError(f"num_samples: must be a positive integer, got {num_samples}")
-        return int(num_samples), mel, speaker
+        if num_samples is None:
+            raise ValueError("num_samples: required for a model without mel conditioning")
+        return num_samples, mel, speaker
 
     def conditioning(self, mel: Tensor | None, speaker: Tensor | None) -> tuple[Tensor | None, Tensor | None]:
         """Checked conditioning -> (upsampled mel [B, M, T] or None, speaker embedding [B, E] or None)."""
-        cond = self.upsampler(mel) if self.upsampler is not None else None
+        cond = self.upsampler(mel) if mel is not None else None
         spk = self.speaker_embedding(speaker) if self.speaker_embedding is not None else None
         return cond, spk
 
@@ -345,6 +356,6 @@ class WaveNet(nn.Module):
         try:
             model = cls(WaveNetConfig.from_dict(json.loads(metadata["wavekit_config"])))
             model.load_state_dict(state)
-        except (ValueError, RuntimeError) as err:  # bad config JSON or values, missing/mismatched tensors
+        except (ValueError, TypeError, RuntimeError) as err:  # bad config JSON/values, missing/mismatched tensors
             raise ValueError(f"{path}: invalid wavekit model ({err})") from err
         return model.to(map_location).eval()

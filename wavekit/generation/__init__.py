@@ -84,34 +84,38 @@ def _prepare(
 ) -> _Batch:
     if not (isinstance(temperature, (int, float)) and temperature > 0):
         raise ValueError(f"temperature: must be > 0, got {temperature!r}")
-    hop = model.config.hop_length
-    mel_lengths = mel_list = None
+    hop, channels = model.config.hop_length, model.config.mel_channels
+    mel_list = None
     if isinstance(mel, (list, tuple)):
-        mel_list = list(mel)
-        mel_lengths = [m.shape[-1] * hop for m in mel]
-        frames = max(m.shape[-1] for m in mel)
-        mel = torch.stack([F.pad(m, (0, frames - m.shape[-1])) for m in mel])
+        if num_samples is not None:
+            raise ValueError("num_samples: leave it out when mel is a list (each mel sets its stream's length)")
+        for i, m in enumerate(mel):
+            if not isinstance(m, Tensor) or m.dim() != 2 or m.shape[0] != channels or m.shape[1] == 0:
+                shape = list(m.shape) if isinstance(m, Tensor) else type(m).__name__
+                raise ValueError(f"mel[{i}]: expected [{channels}, frames >= 1], got {shape}")
+        if not mel:
+            raise ValueError("mel: the list is empty")
+        mel_list, num_samples = list(mel), [m.shape[1] * hop for m in mel]
+        frames = max(m.shape[1] for m in mel)
+        mel = torch.stack([F.pad(m, (0, frames - m.shape[1])) for m in mel])
+    lengths = None
+    if isinstance(num_samples, (list, tuple)):
+        if not num_samples or any(isinstance(n, bool) or not isinstance(n, int) or n <= 0 for n in num_samples):
+            raise ValueError(f"num_samples: every length must be a positive integer, got {list(num_samples)}")
+        lengths, num_samples = list(num_samples), max(num_samples)
     mel_batch = mel.shape[0] if mel is not None and mel.dim() == 3 else None
     speaker_batch = torch.as_tensor(speaker).numel() if speaker is not None else None
-    lengths_batch = len(num_samples) if isinstance(num_samples, (list, tuple)) else None
-    batch = _batch_size(batch_size, mel_batch, speaker_batch, lengths_batch)
-    longest = max(num_samples) if isinstance(num_samples, (list, tuple)) else num_samples
-    if mel is not None and num_samples is not None and mel_lengths is not None:
-        raise ValueError("num_samples: leave it out when mel is a list (each mel sets its stream's length)")
-    total, mel, speaker = model.check_conditioning(batch, longest, mel, speaker)
-    if isinstance(num_samples, (list, tuple)):
-        if any(not isinstance(n, int) or n <= 0 for n in num_samples):
-            raise ValueError(f"num_samples: every length must be a positive integer, got {list(num_samples)}")
-        lengths = list(num_samples)
-    else:
-        lengths = mel_lengths or [total] * batch
-    if len(lengths) == 1 and batch > 1:
-        lengths = lengths * batch
+    batch = _batch_size(batch_size, mel_batch, speaker_batch, len(lengths) if lengths else None)
+    total, mel, speaker = model.check_conditioning(batch, num_samples, mel, speaker)
+    lengths = lengths if lengths and len(lengths) == batch else [total] * batch
     with torch.no_grad():
-        cond, speaker_embedding = model.conditioning(mel, speaker)
-        for b, frames in enumerate(mel_list or []):  # upsample alone: padding must not smooth into it
-            cond[b] = 0.0
-            cond[b, :, : mel_lengths[b]] = model.upsampler(frames.to(cond)[None])[0]
+        if mel_list is None:
+            cond, speaker_embedding = model.conditioning(mel, speaker)
+        else:  # each mel upsampled on its own, so padding never smooths into a shorter stream
+            _, speaker_embedding = model.conditioning(None, speaker)
+            cond = torch.zeros(batch, channels, total, device=mel.device)
+            for b, frames in enumerate(mel_list):
+                cond[b, :, : lengths[b]] = model.upsampler(frames.to(cond)[None])[0]
     if seed is None:
         seed = int(torch.randint(0, 2**62, ()).item())
     generators = [torch.Generator().manual_seed(seed + b) for b in range(batch)]
@@ -187,8 +191,7 @@ def stream(
     batch = _prepare(model, num_samples, mel, speaker, batch_size, temperature, seed)
     weights = InferenceWeights.from_model(model)
     runner = _backend(model, weights, batch.size, backend)
-    update, close = _progress_callback(progress, batch.total, batch.size, model.config.sample_rate)
-    return _chunks(batch, weights, runner, model.distribution.noise_channels, chunk_size, update, close)
+    return _chunks(batch, weights, runner, model.distribution.noise_channels, chunk_size, progress, model.config.sample_rate)
 
 
 def _chunks(
@@ -197,10 +200,11 @@ def _chunks(
     runner,
     noise_channels: int,
     chunk_size: int,
-    update: Callable[[int], None],
-    close: Callable[[], None],
+    progress: Progress,
+    sample_rate: int,
 ) -> Iterator[Tensor]:
     """The generator behind `stream`, started only after every argument was checked."""
+    update, close = _progress_callback(progress, batch.total, batch.size, sample_rate)
     try:
         for start in range(0, batch.total, chunk_size):
             stop = min(batch.total, start + chunk_size)

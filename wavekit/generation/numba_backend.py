@@ -28,6 +28,7 @@ from torch import Tensor
 from wavekit.audio import mulaw_encode
 from wavekit.distributions import DiscretizedLogisticMixture, OutputDistribution
 from wavekit.generation.weights import InferenceWeights
+from wavekit.model import RESIDUAL_SCALE
 
 _FAST = {"reassoc", "contract", "arcp"}
 
@@ -171,7 +172,7 @@ def _run_part(
     out1_w, out1_b, out2_w, out2_b, decode,
     mixtures, half_levels, log_scale_min, temperature,
     queues, previous_bin, previous_value, noise, forced, forced_bins, out, params_out,
-    exchange, counters,
+    exchange, counters, residual_scale,
 ):  # fmt: skip
     """Advance streams [first, last) by `steps` samples, computing share `part` of `parts`.
 
@@ -180,9 +181,9 @@ def _run_part(
     and out2_w [P, C / P, S] (its rows); bias [B, T', L, P, 2 * Hp]. Every part keeps a
     full copy of the residual stream and its queues [B, P, Q, R]; partial sums meet in
     `exchange` [P, L + 3, W], always added in part order, so all parts agree bit for bit.
-    Slot k is read right after barrier k and rewritten only after barrier k of the next
-    step, which no part passes before every part has published barrier k + 1: so one
-    barrier per slot is enough.
+    Row k is read right after barrier k, before the reader publishes barrier k + 1; a
+    part rewrites row k in the next step only after passing barrier k + 1 of this one,
+    that is after every part has read it: so one barrier per row is enough.
     """
     layers = conv_w.shape[1]
     gate_part = conv_w.shape[2]
@@ -244,7 +245,7 @@ def _run_part(
                     total = exchange[0, l, i]
                     for p in range(1, parts):
                         total += exchange[p, l, i]
-                    x[i] = (x[i] + total + res_b[l, i]) * np.float32(0.7071067811865476)
+                    x[i] = (x[i] + total + res_b[l, i]) * residual_scale
             exchange[part, layers, :skip] = skips
             _publish_and_wait(counters, part, parts, sequence + layers + 1)
             for i in range(skip):
@@ -304,7 +305,7 @@ class NumbaQueuedBackend:
         self.previous_bin = np.zeros(batch, np.int64)
         self.previous_value = np.zeros(batch, np.float32)
         if not self.is_mol:
-            self.previous_bin[:] = mulaw_encode(torch.zeros(()), len(weights.decode_table)).item()
+            self.previous_bin[:] = weights.silence_bin
         if isinstance(distribution, DiscretizedLogisticMixture):
             self.mol = (distribution.mixtures, np.float32(distribution._half_levels), distribution.log_scale_min)
         else:
@@ -328,7 +329,7 @@ class NumbaQueuedBackend:
         }
         self.decode = weights.decode_table.cpu().numpy() if len(weights.decode_table) else np.zeros(1, np.float32)
         width = max(weights.residual_channels, len(cpu["skip_b"]), len(cpu["out2_b"]))
-        groups = P if P > 1 else min(batch, threads)
+        groups = 1 if P > 1 else min(batch, threads)
         self.exchanges = [np.zeros((P, L + 3, width), np.float32) for _ in range(groups)]
         self.counters = np.zeros(P * _LINE, np.int64)
 
@@ -359,7 +360,7 @@ class NumbaQueuedBackend:
                 a["out1_w"], a["out1_b"], a["out2_w"], a["out2_b"], self.decode,
                 mixtures, half_levels, np.float32(log_scale_min), np.float32(temperature),
                 self.queues, self.previous_bin, self.previous_value, noise_np, forced_np, forced_bins, out, params,
-                exchange, self.counters,
+                exchange, self.counters, np.float32(RESIDUAL_SCALE),
             )  # fmt: skip
 
         if P > 1:

@@ -14,6 +14,7 @@ from torch import Tensor
 from wavekit.audio import mulaw_encode
 from wavekit.distributions import OutputDistribution
 from wavekit.generation.weights import InferenceWeights
+from wavekit.model import RESIDUAL_SCALE
 
 
 class TorchQueuedBackend:
@@ -29,8 +30,7 @@ class TorchQueuedBackend:
             torch.zeros(batch, d * (weights.kernel_size - 1), R, device=device) for d in weights.dilations
         ]
         if weights.head == "mulaw":
-            silence = mulaw_encode(torch.zeros(()), len(weights.decode_table)).item()
-            self.previous = torch.full((batch,), silence, dtype=torch.long, device=device)
+            self.previous = torch.full((batch,), weights.silence_bin, dtype=torch.long, device=device)
         else:
             self.previous = torch.zeros(batch, device=device)
 
@@ -61,7 +61,7 @@ class TorchQueuedBackend:
             queue[:, slot] = x
             z = torch.tanh(h[:, :half]) * torch.sigmoid(h[:, half:])
             res_skip = z @ w.res_skip_w[l].T
-            x = (x + res_skip[:, :R] + w.res_b[l]) * 0.7071067811865476
+            x = (x + res_skip[:, :R] + w.res_b[l]) * RESIDUAL_SCALE
             skips += res_skip[:, R:]
         h = torch.relu(skips * w.skip_scale)
         h = torch.relu(torch.addmm(w.out1_b, h, w.out1_w.T))

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from wavekit.audio import mulaw_decode
+from wavekit.audio import mulaw_decode, mulaw_encode
 from wavekit.model import WaveNet
 
 
@@ -40,6 +40,11 @@ class InferenceWeights:
     decode_table: Tensor  # mulaw: audio value of every bin; mol: unused (empty)
 
     @property
+    def silence_bin(self) -> int:
+        """Mu-law bin of a zero sample: the input before the first step (mulaw head)."""
+        return int(mulaw_encode(torch.zeros(()), len(self.decode_table)).item())
+
+    @property
     def num_layers(self) -> int:
         return len(self.dilations)
 
@@ -58,8 +63,11 @@ class InferenceWeights:
         layers = model.layers
         with torch.no_grad():
 
+            def copy(t: Tensor) -> Tensor:  # a float32 copy that never aliases the live weights
+                return t.detach().to(torch.float32, copy=True).contiguous()
+
             def stack(fn) -> Tensor:
-                return torch.stack([fn(layer) for layer in layers]).float().contiguous()
+                return copy(torch.stack([fn(layer) for layer in layers]))
 
             if cfg.head == "mulaw":
                 embed = model.embed.weight
@@ -68,13 +76,13 @@ class InferenceWeights:
                 embed = torch.stack([model.embed.weight[:, 0, 0], model.embed.bias])
                 decode = torch.empty(0, device=embed.device)
             conv_w = stack(lambda l: l.conv.weight.permute(0, 2, 1).reshape(l.conv.out_channels, -1))
-            cond_w = torch.cat([l.cond.weight[:, :, 0] for l in layers]).float() if cfg.mel_channels else None
-            speaker_w = torch.cat([l.speaker.weight for l in layers]).float() if cfg.num_speakers else None
+            cond_w = copy(torch.cat([l.cond.weight[:, :, 0] for l in layers])) if cfg.mel_channels else None
+            speaker_w = copy(torch.cat([l.speaker.weight for l in layers])) if cfg.num_speakers else None
             return cls(
                 head=cfg.head,
                 dilations=list(cfg.dilations),
                 kernel_size=cfg.kernel_size,
-                embed_table=embed.float().contiguous(),
+                embed_table=copy(embed),
                 conv_w=conv_w,
                 conv_b=stack(lambda l: l.conv.bias),
                 cond_w=cond_w,
@@ -83,11 +91,11 @@ class InferenceWeights:
                 res_b=stack(lambda l: l.residual.bias),
                 skip_b=stack(lambda l: l.skip.bias).sum(0),
                 skip_scale=math.sqrt(1.0 / len(layers)),
-                out1_w=model.out1.weight[:, :, 0].float().contiguous(),
-                out1_b=model.out1.bias.float().contiguous(),
-                out2_w=model.out2.weight[:, :, 0].float().contiguous(),
-                out2_b=model.out2.bias.float().contiguous(),
-                decode_table=decode.float().contiguous(),
+                out1_w=copy(model.out1.weight[:, :, 0]),
+                out1_b=copy(model.out1.bias),
+                out2_w=copy(model.out2.weight[:, :, 0]),
+                out2_b=copy(model.out2.bias),
+                decode_table=copy(decode),
             )
 
     def layer_bias(self, cond: Tensor | None, speaker_embedding: Tensor | None, batch: int) -> Tensor:
