@@ -344,8 +344,6 @@ def test_mel_frequency_range_is_checked():
 
 
 def test_from_file_with_a_non_mapping_config_names_the_file(tmp_path):
-    from safetensors.torch import save_file
-
     path = tmp_path / "odd.safetensors"
     save_file({"x": torch.zeros(1)}, str(path), metadata={"wavekit_config": "[1, 2]"})
     with pytest.raises(ValueError, match="odd.safetensors"):
