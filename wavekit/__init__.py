@@ -1,4 +1,4 @@
-"""wavekit: WaveNet audio synthesis — model, fast queued generation, training, CLI and demo."""
+"""wavekit: WaveNet audio synthesis — the model, fast queued generation and training."""
 
 from wavekit.generation import generate, stream
 from wavekit.model import WaveNet, WaveNetConfig
