@@ -131,8 +131,11 @@ def _matvec_add(w, x, out):
 
 
 @numba.njit(boundscheck=False)
-def _inverse_cdf(logits, first, count, temperature, u):
-    """Index in [0, count) drawn from softmax(logits[first:first+count] / T) at uniform u."""
+def _inverse_cdf(logits, first, count, temperature, u, weights):
+    """Index in [0, count) drawn from softmax(logits[first:first+count] / T) at uniform u.
+
+    `weights` is scratch space of at least `count` floats (each exp is computed once).
+    """
     m = np.float32(-np.inf)
     for j in range(count):
         z = logits[first + j] / temperature
@@ -140,20 +143,21 @@ def _inverse_cdf(logits, first, count, temperature, u):
             m = z
     total = 0.0
     for j in range(count):
-        total += np.float64(np.float32(math.exp(logits[first + j] / temperature - m)))
+        weights[j] = np.float32(math.exp(logits[first + j] / temperature - m))
+        total += np.float64(weights[j])
     threshold = np.float64(u) * total
     cdf = 0.0
     for j in range(count):
-        cdf += np.float64(np.float32(math.exp(logits[first + j] / temperature - m)))
+        cdf += np.float64(weights[j])
         if cdf > threshold:
             return j
     return count - 1
 
 
 @numba.njit(boundscheck=False)
-def _sample_mol(params, mixtures, temperature, log_scale_min, half_levels, u0, u1):
+def _sample_mol(params, mixtures, temperature, log_scale_min, half_levels, u0, u1, weights):
     """Bin centre drawn from a discretized logistic mixture (see DiscretizedLogisticMixture)."""
-    i = _inverse_cdf(params, 0, mixtures, temperature, u0)
+    i = _inverse_cdf(params, 0, mixtures, temperature, u0, weights)
     mean = params[mixtures + i]
     log_scale = max(params[2 * mixtures + i], log_scale_min)
     scale = np.float32(math.exp(log_scale)) * temperature
@@ -206,6 +210,7 @@ def _run_part(
     skips = np.empty(skip, np.float32)
     hidden = np.empty(skip, np.float32)
     params = np.empty(classes, np.float32)
+    class_weights = np.empty(classes, np.float32)
     for b in range(first, last):
         prev_bin = previous_bin[b]
         prev_value = previous_value[b]
@@ -273,10 +278,11 @@ def _run_part(
                 prev_bin = forced_bins[b, s]
             elif is_mol:
                 value = _sample_mol(
-                    params, mixtures, temperature, log_scale_min, half_levels, noise[b, 0, s], noise[b, 1, s]
+                    params, mixtures, temperature, log_scale_min, half_levels, noise[b, 0, s], noise[b, 1, s],
+                    class_weights,
                 )
             else:
-                prev_bin = _inverse_cdf(params, 0, classes, temperature, noise[b, 0, s])
+                prev_bin = _inverse_cdf(params, 0, classes, temperature, noise[b, 0, s], class_weights)
                 value = decode[prev_bin]
             prev_value = value
             if part == 0:
