@@ -313,7 +313,8 @@ class NumbaQueuedBackend:
         if not self.is_mol:
             self.previous_bin[:] = weights.silence_bin
         if isinstance(distribution, DiscretizedLogisticMixture):
-            self.mol = (distribution.mixtures, np.float32(distribution._half_levels), distribution.log_scale_min)
+            half_levels = (distribution.num_bins - 1) / 2
+            self.mol = (distribution.mixtures, np.float32(half_levels), distribution.log_scale_min)
         else:
             self.mol = (0, np.float32(0.0), 0.0)
         self.gate_order = _gate_order(weights.gate_channels, self.parts)
@@ -350,9 +351,10 @@ class NumbaQueuedBackend:
         bias_np = np.ascontiguousarray(bias.numpy()[..., self.gate_order].reshape(batch, bias.shape[1], L, P, -1))
         noise_np = noise.numpy() if noise is not None else np.zeros((batch, 2, 0), np.float32)
         forced_np = forced.float().numpy() if forced is not None else np.zeros((batch, 0), np.float32)
-        forced_bins = np.zeros(forced_np.shape, np.int64)
         if forced is not None and not self.is_mol:
             forced_bins = mulaw_encode(forced, len(self.decode)).numpy()
+        else:
+            forced_bins = np.zeros(forced_np.shape, np.int64)
         params = np.zeros((batch, classes, steps if forced is not None else 0), np.float32)
         out = np.empty((batch, steps), np.float32)
         a = self.arrays

@@ -46,14 +46,13 @@ class TorchQueuedBackend:
     def step_params(self, bias: Tensor) -> Tensor:
         """One step of the network for every stream: gate bias [B, L, G] -> params [B, C]."""
         w = self.w
-        R, G = w.residual_channels, w.gate_channels
+        R, G, K = w.residual_channels, w.gate_channels, w.kernel_size
         half = G // 2
         x = self._embed()
         skips = w.skip_b.expand(x.shape[0], -1).clone()
         for l, (d, queue) in enumerate(zip(w.dilations, self.queues)):
             span = queue.shape[1]
             slot = self.t % span
-            K = w.kernel_size
             h = torch.addmm(bias[:, l], x, w.conv_w[l, :, (K - 1) * R :].T)
             for j in range(K - 1):  # tap j holds x[t - (K - 1 - j) * d]
                 tap = queue[:, (self.t - (K - 1 - j) * d) % span]
