@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from wavekit import WaveNet, toy
+from wavekit import WaveNet, WaveNetConfig, generate, toy
 from wavekit.cli import main
 
 
@@ -69,3 +69,98 @@ def test_unwritable_output_exits_2_naming_it(tmp_path):
     assert result.returncode == 2
     assert "missing-dir" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+TINY = dict(layers=4, stacks=1, residual_channels=8, gate_channels=16, skip_channels=16)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """Tiny random models: a mel + speaker vocoder, an unconditional one, and a reference WAV."""
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("models")
+    vocoder = WaveNetConfig(**TINY, mel_channels=20, num_speakers=2, speaker_names=("ann", "bob"))
+    WaveNet(vocoder).save(root / "vocoder.safetensors")
+    WaveNet(WaveNetConfig(**TINY)).save(root / "plain.safetensors")
+    t = torch.arange(8000) / 16000
+    sf.write(root / "ref.wav", (0.5 * torch.sin(2 * torch.pi * 220 * t)).numpy(), 16000)
+    (root / "text.wav").write_text("not audio")
+    return root
+
+
+def _synth(models, *args: str) -> None:
+    main(["synth", *args])
+
+
+def test_synth_vocodes_a_recording_with_a_named_speaker(models, tmp_path, capsys):
+    out = tmp_path / "v.wav"
+    _synth(models, "--checkpoint", str(models / "vocoder.safetensors"), "--mel-from", str(models / "ref.wav"),
+           "--speaker", "bob", "--out", str(out), "--seed", "4")  # fmt: skip
+    wave, rate = sf.read(out)
+    assert rate == 16000 and len(wave) == 8000 // 256 * 256  # the mel's frames x hop
+    summary = capsys.readouterr().out.strip().splitlines()[-1]
+    assert summary.startswith(f"wrote {out}") and "speaker bob" in summary and "x real time" in summary
+    model = WaveNet.from_file(models / "vocoder.safetensors")
+    mel = model.config.mel(torch.from_numpy(sf.read(models / "ref.wav", dtype="float32")[0]))
+    expected = generate(model, mel=mel, speaker=1, seed=4)[0]
+    assert torch.allclose(torch.from_numpy(wave).float(), expected, atol=1 / 32768)
+
+
+def test_synth_seconds_cuts_the_mel_and_batch_writes_one_file_per_stream(models, tmp_path):
+    _synth(models, "--checkpoint", str(models / "vocoder.safetensors"), "--mel-from", str(models / "ref.wav"),
+           "--seconds", "0.1", "--batch", "3", "--out", str(tmp_path / "b.wav"))  # fmt: skip
+    waves = [sf.read(tmp_path / f"b_{i}.wav")[0] for i in range(3)]
+    assert all(len(w) == round(0.1 * 16000 / 256) * 256 for w in waves)
+    assert not (waves[0] == waves[1]).all()  # stream b has seed + b
+    assert not (tmp_path / "b.wav").exists()
+
+
+def test_synth_unconditional_model_takes_seconds(models, tmp_path):
+    _synth(models, "--checkpoint", str(models / "plain.safetensors"), "--seconds", "0.05",
+           "--temperature", "0.5", "--out", str(tmp_path / "u.wav"))  # fmt: skip
+    assert len(sf.read(tmp_path / "u.wav")[0]) == 800
+
+
+@pytest.mark.parametrize(
+    "args, culprit",
+    [
+        (["--checkpoint", "{m}/missing.ckpt"], "missing.ckpt"),
+        (["--checkpoint", "{m}/text.wav"], "text.wav"),
+        (["--checkpoint", "{m}/vocoder.safetensors", "--mel-from", "{m}/ref.wav", "--speaker", "carl"], "carl"),
+        (["--checkpoint", "{m}/vocoder.safetensors", "--mel-from", "{m}/ref.wav", "--speaker", "7"], "--speaker"),
+        (["--checkpoint", "{m}/plain.safetensors", "--mel-from", "{m}/ref.wav"], "--mel-from"),
+        (["--checkpoint", "{m}/plain.safetensors", "--speaker", "ann"], "--speaker"),
+        (["--checkpoint", "{m}/vocoder.safetensors"], "--mel-from"),
+        (["--checkpoint", "{m}/vocoder.safetensors", "--mel-from", "{m}/text.wav"], "text.wav"),
+        (["--checkpoint", "{m}/plain.safetensors", "--out", "{m}/no-dir/x.wav"], "no-dir"),
+        (["--checkpoint", "{m}/plain.safetensors", "--device", "cuda:0"] if not torch.cuda.is_available()
+         else ["--checkpoint", "{m}/plain.safetensors", "--device", "tpu"], "--device"),
+    ],
+)
+def test_synth_bad_input_exits_2_with_one_line(models, args, culprit, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["synth", *(a.format(m=models) for a in args)])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("wavekit: error:") and culprit in err
+
+
+def test_synth_failure_has_no_traceback_as_a_process(models):
+    result = subprocess.run(
+        [sys.executable, "-m", "wavekit.cli", "synth", "--checkpoint", str(models / "vocoder.safetensors")],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 2 and "Traceback" not in result.stderr and "--mel-from" in result.stderr
+
+
+def test_export_command_writes_a_loadable_model(models, tmp_path, capsys):
+    main(["export", str(models / "vocoder.safetensors"), str(tmp_path / "e.safetensors")])
+    assert "speakers ann, bob" in capsys.readouterr().out
+    exported, original = (WaveNet.from_file(p) for p in (tmp_path / "e.safetensors", models / "vocoder.safetensors"))
+    assert all(torch.equal(a, b) for a, b in zip(exported.state_dict().values(), original.state_dict().values()))
+
+
+def test_prepare_rejects_an_unknown_recipe(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["prepare", "timit"])
+    assert exit_.value.code == 2 and "timit" in capsys.readouterr().err

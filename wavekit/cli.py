@@ -1,5 +1,11 @@
 """The `wavekit` command line.
 
+    wavekit synth --mel-from speech.wav --speaker slt --out out.wav   # vocode with the bundled model
+    wavekit prepare flite-speech                                     # build a corpus + manifest
+    wavekit train --config recipes/flite-speech/config.yaml          # Lightning training
+    wavekit evaluate --checkpoint runs/flite-speech/checkpoints/last.ckpt --manifest data/flite-speech/manifest.jsonl
+    wavekit export runs/flite-speech/checkpoints/last.ckpt voice.safetensors
+    wavekit demo --checkpoint voice.safetensors                      # Gradio demo on 127.0.0.1
     wavekit toy --out toy.wav      # train a tiny WaveNet on an embedded signal, then synthesize
 
 Bad input prints one line on stderr and exits with status 2.
@@ -8,6 +14,7 @@ Bad input prints one line on stderr and exits with status 2.
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import sys
 import time
@@ -16,9 +23,10 @@ from pathlib import Path
 
 import torch
 
-from wavekit import audio, toy
+from wavekit import audio, hub, toy
 from wavekit.generation import generate
 from wavekit.model import WaveNet
+from wavekit.prepare import RECIPES
 
 
 def _toy(args: argparse.Namespace) -> None:
@@ -50,6 +58,134 @@ def _toy(args: argparse.Namespace) -> None:
     )
 
 
+def _speaker_id(model: WaveNet, speaker: str | None) -> int | None:
+    """`--speaker` (a name from the model or an index) -> id; None for unconditioned models."""
+    cfg = model.config
+    if not cfg.num_speakers:
+        if speaker is not None:
+            raise ValueError(f"--speaker: this model has no speakers (got {speaker!r})")
+        return None
+    if speaker is None:
+        return 0
+    if speaker in cfg.speaker_names:
+        return cfg.speaker_names.index(speaker)
+    if speaker.isdigit() and int(speaker) < cfg.num_speakers:
+        return int(speaker)
+    names = ", ".join(cfg.speaker_names) or f"indices 0..{cfg.num_speakers - 1}"
+    raise ValueError(f"--speaker: unknown speaker {speaker!r}; this model has {names}")
+
+
+def _speaker_label(model: WaveNet, speaker: int | None) -> str:
+    names = model.config.speaker_names
+    return "" if speaker is None else f", speaker {names[speaker] if names else speaker}"
+
+
+def _mel_from(model: WaveNet, path: str | None, seconds: float | None) -> torch.Tensor | None:
+    """The log-mel [M, F] of `--mel-from`, cut to `--seconds`; checks the model takes (or needs) one."""
+    cfg = model.config
+    if not cfg.mel_channels:
+        if path is not None:
+            raise ValueError("--mel-from: this model is unconditional; it takes no mel (leave --mel-from out)")
+        return None
+    if path is None:
+        raise ValueError("--mel-from: this model is mel-conditioned (a vocoder): give a WAV whose mel it should follow")
+    mel = cfg.mel(audio.load(path, cfg.sample_rate))
+    if mel.shape[1] == 0:
+        raise ValueError(f"--mel-from: {path} is shorter than one {cfg.hop_length}-sample frame")
+    if seconds is not None:
+        mel = mel[:, : max(1, round(seconds * cfg.sample_rate / cfg.hop_length))]
+    return mel
+
+
+def _outputs(out: str, batch: int) -> list[Path]:
+    """`--out` itself for one stream, else OUT_0.wav .. OUT_{N-1}.wav beside it; each checked writable."""
+    path = Path(out)
+    paths = [path] if batch == 1 else [path.with_name(f"{path.stem}_{b}{path.suffix or '.wav'}") for b in range(batch)]
+    for p in paths:
+        audio.check_writable(p)
+    return paths
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device: {name} requested but no CUDA device is available")
+    try:
+        return torch.device(name)
+    except RuntimeError as err:
+        raise ValueError(f"--device: {err}") from None
+
+
+def _synth(args: argparse.Namespace) -> None:
+    """Generate audio from a model: unconditional, speaker-conditioned and/or vocoding a recording's mel."""
+    outputs = _outputs(args.out, args.batch)
+    device = _device(args.device)
+    model = hub.load(args.checkpoint, device=device)
+    cfg = model.config
+    speaker = _speaker_id(model, args.speaker)
+    mel = _mel_from(model, args.mel_from, args.seconds)
+    num_samples = None if mel is not None else round((args.seconds or 2.0) * cfg.sample_rate)
+    if num_samples is not None and num_samples < 1:
+        raise ValueError(f"--seconds: {args.seconds:g} s is less than one sample at {cfg.sample_rate} Hz")
+    started = time.perf_counter()
+    waves = generate(
+        model, num_samples, mel=mel, speaker=speaker, batch_size=args.batch,
+        temperature=args.temperature, seed=args.seed, progress=True,
+    )  # fmt: skip
+    elapsed = time.perf_counter() - started
+    for path, wave in zip(outputs, waves.cpu()):
+        audio.save(path, wave, cfg.sample_rate)
+    total = waves.numel()
+    rate = total / elapsed
+    names = str(outputs[0]) if len(outputs) == 1 else f"{outputs[0]} .. {outputs[-1].name}"
+    print(
+        f"wrote {names} ({waves.shape[1] / cfg.sample_rate:.2f} s each{_speaker_label(model, speaker)}) "
+        f"in {elapsed:.2f} s on {device}: {rate:,.0f} samples/s, {rate / cfg.sample_rate:.1f}x real time"
+    )
+
+
+def _prepare(args: argparse.Namespace) -> None:
+    from wavekit.prepare import prepare
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    manifest = prepare(args.recipe, args.data_dir, args.out)
+    print(f"manifest: {manifest}")
+
+
+def _train(args: argparse.Namespace) -> None:
+    from wavekit.train import train_cli
+
+    train_cli(args.args)
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from wavekit.train import evaluate, mulaw_entropy
+
+    model = hub.load(args.checkpoint, device=_device(args.device))
+    result = evaluate(model, args.manifest, args.split, batch_size=args.batch_size)
+    entropy = mulaw_entropy(args.manifest, args.split, model.config.sample_rate)
+    print(
+        f"{args.split}: {result['bits_per_sample']:.4f} bits/sample over {result['samples']:,} samples "
+        f"({result['utterances']} utterances); mu-law histogram entropy {entropy:.4f} bits"
+    )
+
+
+def _export(args: argparse.Namespace) -> None:
+    audio.check_writable(args.out)
+    model = hub.export(args.checkpoint, args.out)
+    cfg = model.config
+    speakers = f", speakers {', '.join(cfg.speaker_names) or cfg.num_speakers}" if cfg.num_speakers else ""
+    mel = f", {cfg.mel_channels}-band mel" if cfg.mel_channels else ", unconditional"
+    print(f"wrote {args.out}: {cfg.layers} layers, {cfg.head} head, {cfg.sample_rate} Hz{mel}{speakers}")
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from wavekit.demo import main as launch
+
+    launch(args.checkpoint, host=args.host, port=args.port)
+
+
 def _positive(kind: type) -> Callable[[str], int | float]:
     """An argparse type: a finite number of `kind` greater than zero."""
 
@@ -68,6 +204,50 @@ def _positive(kind: type) -> Callable[[str], int | float]:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wavekit", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
+
+    p = commands.add_parser("synth", help="generate audio with a trained model")
+    p.add_argument("--checkpoint", default="default", help="bundled model name, .ckpt or exported model file")
+    p.add_argument("--out", default="out.wav", help="output WAV (with --batch N: OUT_0.wav .. OUT_{N-1}.wav)")
+    p.add_argument("--seconds", type=_positive(float), help="length (default 2 s; with --mel-from: cut the mel)")
+    p.add_argument("--speaker", help="speaker name or index (default: the model's first speaker)")
+    p.add_argument("--mel-from", metavar="WAV", help="condition on this recording's mel (vocoding)")
+    p.add_argument("--temperature", type=_positive(float), default=1.0, help="sampling temperature")
+    p.add_argument("--seed", type=int, default=0, help="stream b uses seed + b")
+    p.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda, cuda:1, ...")
+    p.add_argument("--batch", type=_positive(int), default=1, help="independent streams, one file each")
+    p.set_defaults(run=_synth)
+
+    p = commands.add_parser("prepare", help="download / build a recipe's corpus and its manifest")
+    p.add_argument("recipe", choices=RECIPES)
+    p.add_argument("--data-dir", help="where the raw corpus is or goes (default: OUT/source)")
+    p.add_argument("--out", help="where WAVs and manifest.jsonl go (default: data/RECIPE)")
+    p.set_defaults(run=_prepare)
+
+    p = commands.add_parser(
+        "train", help="train with Lightning: --config recipes/NAME/config.yaml [overrides] [--resume]", add_help=False
+    )
+    p.add_argument("args", nargs=argparse.REMAINDER, help="passed to the Lightning CLI (see wavekit train --help)")
+    p.set_defaults(run=_train)
+
+    p = commands.add_parser("evaluate", help="NLL in bits per sample of a checkpoint over a manifest split")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--manifest", required=True)
+    p.add_argument("--split", default="test", choices=("train", "valid", "test"))
+    p.add_argument("--batch-size", type=_positive(int), default=8)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(run=_evaluate)
+
+    p = commands.add_parser("export", help="write a checkpoint's inference form (EMA weights + config)")
+    p.add_argument("checkpoint", help=".ckpt training checkpoint (or any model source)")
+    p.add_argument("out", help="output .safetensors file")
+    p.set_defaults(run=_export)
+
+    p = commands.add_parser("demo", help="the Gradio demo (binds 127.0.0.1 unless --host says otherwise)")
+    p.add_argument("--checkpoint", default="default")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=_positive(int))
+    p.set_defaults(run=_demo)
+
     p = commands.add_parser("toy", help="train a tiny model on an embedded signal and synthesize a WAV")
     p.add_argument("--out", default="toy.wav", help="output WAV path (the model goes beside it)")
     p.add_argument("--steps", type=_positive(int), default=300, help="training steps")
