@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from wavekit import generate, toy
 from wavekit.audio import log_mel, mulaw_encode
 from wavekit.model import WaveNet, WaveNetConfig
-from wavekit.train import EMA, WaveNetModule, ema_callback
+from wavekit.train import EMA, Checkpoint, WaveNetModule, ema_callback
 
 LN2 = math.log(2)
 
@@ -285,6 +285,30 @@ def test_ema_weights_in_export_validation_and_checkpoint(tmp_path):
     trainer.fit(resumed, _loader(config), val, ckpt_path=tmp_path / "last.ckpt")
     assert _max_diff(more.start, raw_last) == 0
     assert _max_diff(_weights(resumed.export()), average(more.steps, expected)) < 1e-6
+
+
+def test_checkpoint_saves_last_at_train_end_with_raw_and_averaged_weights(tmp_path):
+    """5 steps, periodic saves every 2: `Checkpoint` also writes last.ckpt at step 5 (a plain
+    ModelCheckpoint leaves step 4 there); with EMA its "current_model_state" is the raw step-5
+    weights, not the average the module holds after fit, which is in "state_dict"."""
+    config = _config(**MULAW)
+    module = WaveNetModule(config, lr=1e-2, warmup_steps=1, sample_seconds=0)
+    snapshots = Snapshots()
+    checkpoint = Checkpoint(dirpath=tmp_path, save_last=True, every_n_train_steps=2)
+    trainer = _trainer(max_steps=5, limit_val_batches=0, callbacks=[EMA(0.5), snapshots, checkpoint],
+                       enable_checkpointing=True)  # fmt: skip
+    trainer.fit(module, _loader(config, items=24))
+    ckpt = torch.load(tmp_path / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 5 and len(snapshots.steps) == 5
+    assert _max_diff(_unprefixed(ckpt["current_model_state"]), snapshots.steps[-1]) == 0
+    assert _max_diff(_unprefixed(ckpt["state_dict"]), _weights(module.net)) == 0
+    assert _max_diff(snapshots.steps[-1], _weights(module.net)) > 1e-4
+
+
+@pytest.mark.parametrize("decay", [-0.1, 1.0])
+def test_ema_decay_out_of_range_raises(decay):
+    with pytest.raises(ValueError, match="EMA decay"):
+        EMA(decay)
 
 
 def test_bf16_mixed_precision_trains_with_float32_loss():
