@@ -163,9 +163,12 @@ class CausalConv1d(nn.Conv1d):
 
 
 class ResidualLayer(nn.Module):
-    """One gated layer: dilated conv + conditioning, tanh * sigmoid, then residual and skip 1x1s."""
+    """One gated layer: dilated conv + conditioning, tanh * sigmoid, then residual and skip 1x1s.
 
-    def __init__(self, config: WaveNetConfig, dilation: int):
+    The last layer has no residual 1x1: nothing reads its residual output.
+    """
+
+    def __init__(self, config: WaveNetConfig, dilation: int, last: bool = False):
         super().__init__()
         gate, half = config.gate_channels, config.gate_channels // 2
         self.dilation = dilation
@@ -174,7 +177,7 @@ class ResidualLayer(nn.Module):
         self.cond = nn.Conv1d(config.mel_channels, gate, 1, bias=False) if config.mel_channels else None
         self.speaker = nn.Linear(config.speaker_channels, gate, bias=False) if config.num_speakers else None
         self.skip = nn.Conv1d(half, config.skip_channels, 1)
-        self.residual = nn.Conv1d(half, config.residual_channels, 1)
+        self.residual = None if last else nn.Conv1d(half, config.residual_channels, 1)
 
     def forward(self, x: Tensor, cond: Tensor | None, speaker: Tensor | None) -> tuple[Tensor, Tensor]:
         h = self.conv(self.dropout(x))
@@ -184,7 +187,9 @@ class ResidualLayer(nn.Module):
             h = h + self.speaker(speaker).unsqueeze(-1)
         a, b = h.chunk(2, dim=1)
         z = torch.tanh(a) * torch.sigmoid(b)
-        return (x + self.residual(z)) * RESIDUAL_SCALE, self.skip(z)
+        if self.residual is not None:
+            x = (x + self.residual(z)) * RESIDUAL_SCALE
+        return x, self.skip(z)
 
 
 class ConditioningUpsampler(nn.Module):
@@ -223,7 +228,8 @@ class WaveNet(nn.Module):
         self.speaker_embedding = (
             nn.Embedding(config.num_speakers, config.speaker_channels) if config.num_speakers else None
         )
-        self.layers = nn.ModuleList(ResidualLayer(config, d) for d in config.dilations)
+        last = len(config.dilations) - 1
+        self.layers = nn.ModuleList(ResidualLayer(config, d, i == last) for i, d in enumerate(config.dilations))
         self.out1 = nn.Conv1d(s, s, 1)
         self.out2 = nn.Conv1d(s, self.distribution.params_channels, 1)
 

@@ -17,6 +17,16 @@ from wavekit.audio import mulaw_decode, mulaw_encode
 from wavekit.model import WaveNet
 
 
+def _residual(layer: torch.nn.Module) -> torch.nn.Conv1d:
+    """The layer's residual 1x1, or a zero one for the last layer (whose residual output is unused)."""
+    if layer.residual is not None:
+        return layer.residual
+    zero = torch.nn.Conv1d(layer.skip.in_channels, layer.conv.in_channels, 1).to(layer.skip.weight)
+    torch.nn.init.zeros_(zero.weight)
+    torch.nn.init.zeros_(zero.bias)
+    return zero
+
+
 @dataclass
 class InferenceWeights:
     """Float32 tensors of one WaveNet, on one device, ready for incremental steps."""
@@ -87,8 +97,8 @@ class InferenceWeights:
                 conv_b=stack(lambda l: l.conv.bias),
                 cond_w=cond_w,
                 speaker_w=speaker_w,
-                res_skip_w=stack(lambda l: torch.cat([l.residual.weight[:, :, 0], l.skip.weight[:, :, 0]])),
-                res_b=stack(lambda l: l.residual.bias),
+                res_skip_w=stack(lambda l: torch.cat([_residual(l).weight[:, :, 0], l.skip.weight[:, :, 0]])),
+                res_b=stack(lambda l: _residual(l).bias),
                 skip_b=stack(lambda l: l.skip.bias).sum(0),
                 skip_scale=math.sqrt(1.0 / len(layers)),
                 out1_w=copy(model.out1.weight[:, :, 0]),
