@@ -28,6 +28,7 @@ __all__ = ["generate", "stream", "naive_generate", "teacher_forced_params", "BAC
 BACKENDS = {"torch": TorchQueuedBackend, "numba": NumbaQueuedBackend}
 NUMBA_MAX_BATCH = 128  # above this, eager GEMMs beat per-stream kernels (docs/performance.md)
 BIAS_BUDGET = 1 << 22  # floats of per-step gate bias computed at once when mel-conditioned
+CHUNK_SIZE = 16000  # samples per chunk `stream` yields by default
 
 Progress = bool | Callable[[int, int], None]
 
@@ -176,7 +177,7 @@ def stream(
     temperature: float = 1.0,
     seed: int | None = None,
     progress: Progress = False,
-    chunk_size: int = 16000,
+    chunk_size: int = CHUNK_SIZE,
     backend: str = "auto",
 ) -> Iterator[Tensor]:
     """Yield audio chunks [B, <= chunk_size] in [-1, 1] as the queued sampler produces them.

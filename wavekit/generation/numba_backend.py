@@ -15,6 +15,7 @@ import contextlib
 import functools
 import threading
 import math
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numba
@@ -174,7 +175,7 @@ def _run_part(
     part, parts, first, last, t0, steps, sync_base, is_mol, dilations, queue_offsets, kernel_size,
     embed, conv_w, bias, res_skip_w, res_b, skip_b, skip_scale,
     out1_w, out1_b, out2_w, out2_b, decode,
-    mixtures, half_levels, log_scale_min, temperature,
+    mixtures, half_levels, log_scale_min, temperatures,
     queues, previous_bin, previous_value, noise, forced, forced_bins, out, params_out,
     exchange, counters, residual_scale,
 ):  # fmt: skip
@@ -185,6 +186,7 @@ def _run_part(
     and out2_w [P, C / P, S] (its rows); bias [B, T', L, P, 2 * Hp]. Every part keeps a
     full copy of the residual stream and its queues [B, P, Q, R]; partial sums meet in
     `exchange` [P, L + 3, W], always added in part order, so all parts agree bit for bit.
+    `temperatures` [B] holds each stream's sampling temperature.
     Row k is read right after barrier k, before the reader publishes barrier k + 1; a
     part rewrites row k in the next step only after passing barrier k + 1 of this one,
     that is after every part has read it: so one barrier per row is enough.
@@ -212,6 +214,7 @@ def _run_part(
     params = np.empty(classes, np.float32)
     class_weights = np.empty(classes, np.float32)
     for b in range(first, last):
+        temperature = temperatures[b]
         prev_bin = previous_bin[b]
         prev_value = previous_value[b]
         for s in range(steps):
@@ -302,62 +305,103 @@ class NumbaQueuedBackend:
         self.t = 0
         self.sync = 0
         self.is_mol = weights.head == "mol"
-        threads = torch.get_num_threads()
-        self.parts = threads if batch == 1 and _splittable(weights, threads) else 1
+        self.threads = torch.get_num_threads()
         spans = [d * (weights.kernel_size - 1) for d in weights.dilations]
         self.queue_offsets = np.concatenate([[0], np.cumsum(spans)[:-1]]).astype(np.int64)
         self.dilations = np.asarray(weights.dilations, dtype=np.int64)
+        self.parts = self._parts_for(batch)
         self.queues = np.zeros((batch, self.parts, sum(spans), weights.residual_channels), np.float32)
-        self.previous_bin = np.zeros(batch, np.int64)
+        self.first_bin = 0 if self.is_mol else weights.silence_bin  # the input before a stream's first step
+        self.previous_bin = np.full(batch, self.first_bin, np.int64)
         self.previous_value = np.zeros(batch, np.float32)
-        if not self.is_mol:
-            self.previous_bin[:] = weights.silence_bin
         if isinstance(distribution, DiscretizedLogisticMixture):
             half_levels = (distribution.num_bins - 1) / 2
             self.mol = (distribution.mixtures, np.float32(half_levels), distribution.log_scale_min)
         else:
             self.mol = (0, np.float32(0.0), 0.0)
-        self.gate_order = _gate_order(weights.gate_channels, self.parts)
-        P, L = self.parts, weights.num_layers
-        cpu = {name: getattr(weights, name).detach().cpu().numpy() for name in _WEIGHT_NAMES}
-        conv = cpu["conv_w"][:, self.gate_order].reshape(L, P, -1, cpu["conv_w"].shape[2])
-        self.arrays = {
-            "embed": cpu["embed_table"],
-            "conv_w": np.ascontiguousarray(conv.transpose(1, 0, 2, 3)),
-            "res_skip_w": np.ascontiguousarray(
-                np.stack(np.split(cpu["res_skip_w"], P, axis=2))
-            ),
-            "res_b": cpu["res_b"],
-            "skip_b": cpu["skip_b"],
-            "out1_w": np.ascontiguousarray(np.stack(np.split(cpu["out1_w"], P))),
-            "out1_b": cpu["out1_b"],
-            "out2_w": np.ascontiguousarray(np.stack(np.split(cpu["out2_w"], P))),
-            "out2_b": cpu["out2_b"],
-        }
+        self.cpu = {name: getattr(weights, name).detach().cpu().numpy() for name in _WEIGHT_NAMES}
         self.decode = weights.decode_table.cpu().numpy() if len(weights.decode_table) else np.zeros(1, np.float32)
-        width = max(weights.residual_channels, len(cpu["skip_b"]), len(cpu["out2_b"]))
-        groups = 1 if P > 1 else min(batch, threads)
-        self.exchanges = [np.zeros((P, L + 3, width), np.float32) for _ in range(groups)]
-        self.counters = np.zeros(P * _LINE, np.int64)
+        self.counters = np.zeros(max(self.threads, 1) * _LINE, np.int64)
+        self.layouts: dict[int, tuple[np.ndarray, dict[str, np.ndarray]]] = {}
+
+    def _parts_for(self, batch: int) -> int:
+        """How many cores share each stream: all of them for a lone stream (when its shapes split evenly)."""
+        return self.threads if batch == 1 and _splittable(self.w, self.threads) else 1
+
+    def _layout(self, parts: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """(gate row order, weights pre-split into `parts` shares), built once per part count."""
+        if parts not in self.layouts:
+            cpu, L = self.cpu, self.w.num_layers
+            gate_order = _gate_order(self.w.gate_channels, parts)
+            conv = cpu["conv_w"][:, gate_order].reshape(L, parts, -1, cpu["conv_w"].shape[2])
+            self.layouts[parts] = gate_order, {
+                "embed": cpu["embed_table"],
+                "conv_w": np.ascontiguousarray(conv.transpose(1, 0, 2, 3)),
+                "res_skip_w": np.ascontiguousarray(np.stack(np.split(cpu["res_skip_w"], parts, axis=2))),
+                "res_b": cpu["res_b"],
+                "skip_b": cpu["skip_b"],
+                "out1_w": np.ascontiguousarray(np.stack(np.split(cpu["out1_w"], parts))),
+                "out1_b": cpu["out1_b"],
+                "out2_w": np.ascontiguousarray(np.stack(np.split(cpu["out2_w"], parts))),
+                "out2_b": cpu["out2_b"],
+            }
+        return self.layouts[parts]
+
+    @property
+    def batch(self) -> int:
+        """How many streams the state holds."""
+        return self.queues.shape[0]
+
+    def add_streams(self, count: int) -> None:
+        """Append `count` fresh streams: silence before them, their first sample at the next step.
+
+        Every queue slot a new stream reads before writing it holds zeros, the same as a
+        stream started at step 0, so its samples do not depend on when it joined.
+        """
+        _, parts, length, channels = self.queues.shape
+        self.queues = np.concatenate([self.queues, np.zeros((count, parts, length, channels), np.float32)])
+        self.previous_bin = np.concatenate([self.previous_bin, np.full(count, self.first_bin, np.int64)])
+        self.previous_value = np.concatenate([self.previous_value, np.zeros(count, np.float32)])
+        self._repartition()
+
+    def keep_streams(self, indices: Sequence[int]) -> None:
+        """Keep only the streams at `indices`, in that order (the others are dropped)."""
+        index = np.asarray(indices, dtype=np.int64).reshape(-1)
+        self.queues = np.ascontiguousarray(self.queues[index])
+        self.previous_bin = self.previous_bin[index]
+        self.previous_value = self.previous_value[index]
+        self._repartition()
+
+    def _repartition(self) -> None:
+        """Re-split the state after the batch changed size: every part holds a full copy of the queues."""
+        parts = self._parts_for(self.batch)
+        if parts != self.parts:
+            self.queues = np.ascontiguousarray(np.repeat(self.queues[:, :1], parts, axis=1))
+            self.parts = parts
 
     def run(
-        self, bias: Tensor, noise: Tensor | None, temperature: float, forced: Tensor | None = None
+        self,
+        bias: Tensor,
+        noise: Tensor | None,
+        temperature: float | Sequence[float],
+        forced: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         """See `TorchQueuedBackend.run`."""
-        batch = self.queues.shape[0]
+        batch = self.batch
         steps = forced.shape[1] if forced is not None else noise.shape[2]
-        classes = self.arrays["out2_b"].shape[0]
         P, L = self.parts, self.w.num_layers
-        bias_np = np.ascontiguousarray(bias.numpy()[..., self.gate_order].reshape(batch, bias.shape[1], L, P, -1))
+        gate_order, a = self._layout(P)
+        classes = a["out2_b"].shape[0]
+        bias_np = np.ascontiguousarray(bias.numpy()[..., gate_order].reshape(batch, bias.shape[1], L, P, -1))
         noise_np = noise.numpy() if noise is not None else np.zeros((batch, 2, 0), np.float32)
         forced_np = forced.float().numpy() if forced is not None else np.zeros((batch, 0), np.float32)
         if forced is not None and not self.is_mol:
             forced_bins = mulaw_encode(forced, len(self.decode)).numpy()
         else:
             forced_bins = np.zeros(forced_np.shape, np.int64)
+        temperatures = np.broadcast_to(np.asarray(temperature, np.float32), (batch,)).copy()
         params = np.zeros((batch, classes, steps if forced is not None else 0), np.float32)
         out = np.empty((batch, steps), np.float32)
-        a = self.arrays
         mixtures, half_levels, log_scale_min = self.mol
 
         def work(part: int, first: int, last: int, exchange: np.ndarray) -> None:
@@ -366,16 +410,19 @@ class NumbaQueuedBackend:
                 self.queue_offsets, self.w.kernel_size, a["embed"], a["conv_w"], bias_np,
                 a["res_skip_w"], a["res_b"], a["skip_b"], np.float32(self.w.skip_scale),
                 a["out1_w"], a["out1_b"], a["out2_w"], a["out2_b"], self.decode,
-                mixtures, half_levels, np.float32(log_scale_min), np.float32(temperature),
+                mixtures, half_levels, np.float32(log_scale_min), temperatures,
                 self.queues, self.previous_bin, self.previous_value, noise_np, forced_np, forced_bins, out, params,
                 exchange, self.counters, np.float32(RESIDUAL_SCALE),
             )  # fmt: skip
 
+        width = max(self.w.residual_channels, len(a["skip_b"]), classes)
+        groups = 1 if P > 1 else max(1, min(batch, self.threads))
+        exchanges = [np.zeros((P, L + 3, width), np.float32) for _ in range(groups)]
         if P > 1:
-            jobs = [(part, 0, batch, self.exchanges[0]) for part in range(P)]
+            jobs = [(part, 0, batch, exchanges[0]) for part in range(P)]
         else:
-            bounds = np.linspace(0, batch, len(self.exchanges) + 1).astype(int)
-            jobs = [(0, bounds[g], bounds[g + 1], self.exchanges[g]) for g in range(len(self.exchanges))]
+            bounds = np.linspace(0, batch, groups + 1).astype(int)
+            jobs = [(0, bounds[g], bounds[g + 1], exchanges[g]) for g in range(groups)]
         with _SPLIT_LOCK if P > 1 else contextlib.nullcontext():
             futures = [_pool(len(jobs) - 1).submit(work, *job) for job in jobs[1:]]
             work(*jobs[0])

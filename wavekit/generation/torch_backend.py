@@ -8,6 +8,8 @@ where each step's products are real GEMMs.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
@@ -29,10 +31,34 @@ class TorchQueuedBackend:
         self.queues = [
             torch.zeros(batch, d * (weights.kernel_size - 1), R, device=device) for d in weights.dilations
         ]
-        if weights.head == "mulaw":
-            self.previous = torch.full((batch,), weights.silence_bin, dtype=torch.long, device=device)
-        else:
-            self.previous = torch.zeros(batch, device=device)
+        self.previous = self._first_inputs(batch)
+
+    def _first_inputs(self, count: int) -> Tensor:
+        """The input before the first step of `count` streams: silence."""
+        device = self.w.conv_w.device
+        if self.w.head == "mulaw":
+            return torch.full((count,), self.w.silence_bin, dtype=torch.long, device=device)
+        return torch.zeros(count, device=device)
+
+    @property
+    def batch(self) -> int:
+        """How many streams the state holds."""
+        return self.previous.shape[0]
+
+    def add_streams(self, count: int) -> None:
+        """Append `count` fresh streams: silence before them, their first sample at the next step.
+
+        Every queue slot a new stream reads before writing it holds zeros, the same as a
+        stream started at step 0, so its samples do not depend on when it joined.
+        """
+        self.queues = [torch.cat([q, q.new_zeros(count, *q.shape[1:])]) for q in self.queues]
+        self.previous = torch.cat([self.previous, self._first_inputs(count)])
+
+    def keep_streams(self, indices: Sequence[int]) -> None:
+        """Keep only the streams at `indices`, in that order (the others are dropped)."""
+        index = torch.as_tensor(list(indices), dtype=torch.long, device=self.previous.device)
+        self.queues = [q.index_select(0, index) for q in self.queues]
+        self.previous = self.previous.index_select(0, index)
 
     def _embed(self) -> Tensor:
         if self.w.head == "mulaw":
@@ -68,23 +94,49 @@ class TorchQueuedBackend:
         return torch.addmm(w.out2_b, h, w.out2_w.T)
 
     def run(
-        self, bias: Tensor, noise: Tensor | None, temperature: float, forced: Tensor | None = None
+        self,
+        bias: Tensor,
+        noise: Tensor | None,
+        temperature: float | Sequence[float],
+        forced: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         """Advance `steps` samples. bias [B, 1 or steps, L, G]; noise [B, n, steps].
 
-        With `forced` audio [B, steps] (teacher forcing) the given samples are fed back
-        instead of draws, and the per-step params [B, C, steps] are returned too.
+        `temperature` is one value or one per stream. With `forced` audio [B, steps]
+        (teacher forcing) the given samples are fed back instead of draws, and the
+        per-step params [B, C, steps] are returned too.
         """
         steps = forced.shape[1] if forced is not None else noise.shape[2]
         out = torch.empty(bias.shape[0], steps, device=bias.device)
         params = [] if forced is not None else None
+        groups = self._temperature_groups(temperature, bias.shape[0], bias.device)
         for s in range(steps):
             p = self.step_params(bias[:, s if bias.shape[1] > 1 else 0])
             if forced is not None:
                 params.append(p)
                 sample = forced[:, s]
-            else:
-                sample = self.distribution.sample_from_uniform(p, noise[:, :, s], temperature)
+            elif len(groups) == 1:
+                sample = self.distribution.sample_from_uniform(p, noise[:, :, s], groups[0][0])
+            else:  # each row sampled on its own: the same draw as in a batch of one temperature
+                sample = torch.empty(p.shape[0], device=p.device)
+                for value, rows in groups:
+                    sample[rows] = self.distribution.sample_from_uniform(p[rows], noise[rows, :, s], value)
             out[:, s] = sample
             self._set_previous(sample)
         return out, (torch.stack(params, dim=2) if params is not None else None)
+
+    @staticmethod
+    def _temperature_groups(
+        temperature: float | Sequence[float], batch: int, device: torch.device
+    ) -> list[tuple[float, Tensor | None]]:
+        """[(temperature, row indices)] with one entry per distinct value (rows None: all of them)."""
+        if isinstance(temperature, (int, float)):
+            return [(float(temperature), None)]
+        values = [float(t) for t in temperature]
+        if len(values) != batch:
+            raise ValueError(f"temperature: {len(values)} values for {batch} streams")
+        if len(set(values)) == 1:
+            return [(values[0], None)]
+        return [
+            (v, torch.tensor([i for i, x in enumerate(values) if x == v], device=device)) for v in sorted(set(values))
+        ]

@@ -1,0 +1,299 @@
+"""Continuous batching for serving: one background thread samples all live requests together.
+
+`BatchingEngine.submit` checks a request's arguments and returns a `Request` at once; the
+engine thread advances every active stream `step_samples` samples per backend call, and
+requests that arrive meanwhile join the running batch between two calls and leave it
+when done. So N concurrent users cost about one batched generation, not N sequential
+ones. Each request keeps its own seeded noise generator, conditioning, temperature and
+queue state (`add_streams` / `keep_streams` of the backends), computed exactly as
+`wavekit.generate` does for one stream: a request's audio is the audio of
+`generate(model, num_samples, mel=..., speaker=..., temperature=..., seed=...)`,
+whoever shared the batch and whenever it joined. (One caveat, as between the backends:
+on the numba backend a lone stream is split across the cores, which sums in another
+order; a draw can then differ where the uniform lands within rounding of a bin edge,
+about once in 1e5 samples for 256 classes.)
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from wavekit import generation
+from wavekit.generation import BACKENDS, CHUNK_SIZE, NUMBA_MAX_BATCH, _Batch, _prepare, _spans
+from wavekit.generation.weights import InferenceWeights
+from wavekit.model import WaveNet
+
+__all__ = ["BatchingEngine", "Request"]
+
+_END = object()  # queued after a request's last chunk
+
+
+class Request:
+    """One submitted generation. Iterate it (once) for float32 audio chunks [n] in [-1, 1].
+
+    `num_samples` is its length and `sample_rate` the model's. Chunks hold `chunk_size`
+    samples (the last one may be shorter) and arrive as the engine produces them. A failure
+    inside the engine raises RuntimeError from the iterator. Leaving the iteration early
+    (or `cancel()`) drops the stream from the batch.
+    """
+
+    def __init__(self, num_samples: int, sample_rate: int, chunk_size: int):
+        self.num_samples = num_samples
+        self.sample_rate = sample_rate
+        self.chunk_size = chunk_size
+        self._chunks: queue.Queue = queue.Queue()
+        self._cancelled = threading.Event()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+    def cancel(self) -> None:
+        """Stop generating this request; the engine drops it before its next step."""
+        self._cancelled.set()
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        try:
+            while True:
+                item = self._chunks.get()
+                if item is _END:
+                    return
+                if isinstance(item, BaseException):
+                    raise RuntimeError(f"generation failed: {item}") from item
+                yield item
+        finally:
+            self.cancel()
+
+    def result(self) -> np.ndarray:
+        """All of the request's audio [num_samples], once it is done."""
+        chunks = list(self)
+        return np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
+
+    def _put(self, item) -> None:
+        self._chunks.put(item)
+
+
+class _Stream:
+    """The engine's state of one request: noise, conditioning, progress and undelivered audio."""
+
+    def __init__(self, request: Request, batch: _Batch, weights: InferenceWeights, noise_channels: int):
+        self.request = request
+        self.batch = batch
+        self.total = batch.lengths[0]
+        self.done = 0
+        self.noise_channels = noise_channels
+        if batch.cond is None:  # constant over time: the speaker term
+            self.constant_bias = weights.layer_bias(None, batch.speaker_embedding, 1)
+        else:  # the same spans as `generate` computes, so the same floats
+            self.constant_bias = None
+            self.pieces = (
+                piece
+                for start in range(0, self.total, CHUNK_SIZE)
+                for piece in _spans(batch, weights, start, min(self.total, start + CHUNK_SIZE))
+            )
+            self.piece = next(self.pieces)
+        self.pending: list[np.ndarray] = []
+        self.pending_samples = 0
+
+    @property
+    def remaining(self) -> int:
+        return self.total - self.done
+
+    def bias(self, steps: int) -> Tensor:
+        """Gate bias of the next `steps` steps: [1, steps, L, G], or [1, 1, L, G] without mel."""
+        if self.constant_bias is not None:
+            return self.constant_bias
+        pieces, position, stop = [], self.done, self.done + steps
+        while position < stop:
+            start, end, bias = self.piece
+            if position >= end:
+                self.piece = next(self.pieces)
+                continue
+            take = min(stop, end)
+            pieces.append(bias[:, position - start : take - start])
+            position = take
+        return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=1)
+
+    def noise(self, steps: int) -> Tensor:
+        return self.batch.noise(self.noise_channels, steps, torch.device("cpu"))
+
+    def deliver(self, audio: np.ndarray) -> bool:
+        """Take the next samples; hand full chunks (and at the end the rest) to the request. True when done."""
+        self.done += len(audio)
+        self.pending.append(audio)
+        self.pending_samples += len(audio)
+        size = self.request.chunk_size
+        finished = self.done >= self.total
+        if self.pending_samples >= size or finished:
+            joined = np.concatenate(self.pending)
+            cut = len(joined) if finished else len(joined) - len(joined) % size
+            for start in range(0, cut, size):
+                self.request._put(joined[start : start + size])
+            self.pending = [joined[cut:]] if cut < len(joined) else []
+            self.pending_samples = len(joined) - cut
+        if finished:
+            self.request._put(_END)
+        return finished
+
+
+class BatchingEngine:
+    """Runs the queued sampler over every live request in one background thread.
+
+    `max_batch` streams generate together (later requests wait for a free slot);
+    `step_samples` is how many samples each backend call advances, which bounds how long a
+    new request waits to join (default 1/20 s of audio). `backend` is "auto" (numba on
+    the CPU up to `generation.NUMBA_MAX_BATCH` streams, else torch), "numba" or "torch".
+    Thread-safe; `close()` (or leaving a `with` block) stops the thread.
+    """
+
+    def __init__(
+        self,
+        model: WaveNet,
+        *,
+        max_batch: int = 64,
+        step_samples: int | None = None,
+        chunk_size: int | None = None,
+        backend: str = "auto",
+    ):
+        rate = model.config.sample_rate
+        step_samples = max(1, rate // 20) if step_samples is None else step_samples
+        chunk_size = rate if chunk_size is None else chunk_size
+        for name, value in (("max_batch", max_batch), ("step_samples", step_samples), ("chunk_size", chunk_size)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}: must be a positive integer, got {value!r}")
+        self.model = model
+        self.max_batch = max_batch
+        self.step_samples = step_samples
+        self.chunk_size = chunk_size
+        self.weights = InferenceWeights.from_model(model)
+        device = self.weights.conv_w.device
+        if backend == "auto":
+            backend = "numba" if device.type == "cpu" and max_batch <= NUMBA_MAX_BATCH else "torch"
+        if backend not in BACKENDS:
+            raise ValueError(f"backend: must be 'auto' or one of {sorted(BACKENDS)}, got {backend!r}")
+        if backend == "numba" and device.type != "cpu":
+            raise ValueError(f"backend: 'numba' runs on the CPU, the model is on {device}")
+        self.backend = backend
+        self._device = device
+        self._waiting: list[_Stream] = []
+        self._active: list[_Stream] = []  # changed by the engine thread only, always under the lock
+        self._runner = None
+        self._closed = False
+        self._lock = threading.Condition()
+        self._thread = threading.Thread(target=self._loop, name="wavekit-engine", daemon=True)
+        self._thread.start()
+
+    @property
+    def requests(self) -> int:
+        """How many requests are generating or waiting for a slot."""
+        with self._lock:
+            return len(self._waiting) + len(self._active)
+
+    def submit(
+        self,
+        num_samples: int | None = None,
+        *,
+        mel: Tensor | None = None,
+        speaker: int | None = None,
+        temperature: float = 1.0,
+        seed: int | None = None,
+        chunk_size: int | None = None,
+    ) -> Request:
+        """Queue one stream (arguments as in `wavekit.generate` for one stream) and return its handle.
+
+        `chunk_size` is the delivery size in samples (default: the engine's, 1 s of audio).
+        Bad arguments raise ValueError naming them, here and not in the engine thread.
+        """
+        chunk_size = self.chunk_size if chunk_size is None else chunk_size
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+            raise ValueError(f"chunk_size: must be a positive integer, got {chunk_size!r}")
+        if isinstance(num_samples, (list, tuple)) or isinstance(mel, (list, tuple)):
+            raise ValueError("num_samples, mel: one stream per request (submit each stream on its own)")
+        if isinstance(mel, Tensor) and mel.dim() == 3 and mel.shape[0] != 1:
+            raise ValueError(f"mel: one stream per request, got a batch of {mel.shape[0]}")
+        if speaker is not None and torch.as_tensor(speaker).numel() != 1:
+            raise ValueError(f"speaker: one id per request, got {torch.as_tensor(speaker).tolist()}")
+        batch = _prepare(self.model, num_samples, mel, speaker, 1, temperature, seed)
+        request = Request(batch.lengths[0], self.model.config.sample_rate, chunk_size)
+        with torch.no_grad():
+            stream = _Stream(request, batch, self.weights, self.model.distribution.noise_channels)
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("BatchingEngine: closed, submit to a new engine")
+            self._waiting.append(stream)
+            self._lock.notify()
+        return request
+
+    def close(self) -> None:
+        """Stop the engine thread; requests still running or waiting fail with RuntimeError."""
+        with self._lock:
+            self._closed = True
+            self._lock.notify()
+        self._thread.join()
+
+    def __enter__(self) -> BatchingEngine:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ---------------------------------------------------------------- engine thread
+
+    def _loop(self) -> None:
+        while True:
+            with self._lock:
+                while not self._closed and not self._waiting and not self._active:
+                    self._lock.wait()
+                if self._closed:
+                    left = self._waiting + self._active
+                    self._waiting, self._active = [], []
+                    break
+                free = self.max_batch - len(self._active)
+                joining, self._waiting = self._waiting[:free], self._waiting[free:]
+                self._active = self._active + joining
+            try:
+                with torch.no_grad():
+                    self._step(len(joining))
+            except Exception as err:  # every live request learns of it; the engine goes on with fresh state
+                with self._lock:
+                    failed, self._active = self._active, []
+                self._runner = None
+                for stream in failed:
+                    stream.request._put(err)
+        for stream in left:
+            stream.request._put(RuntimeError("the engine was closed"))
+
+    def _step(self, joined: int) -> None:
+        """Admit the `joined` newest active streams, drop cancelled ones, advance all of them."""
+        if self._runner is None:
+            self._runner = BACKENDS[self.backend](self.weights, self.model.distribution, 0)
+        runner = self._runner
+        if joined:
+            runner.add_streams(joined)
+        keep = [i for i, s in enumerate(self._active) if not s.request.cancelled]
+        if len(keep) < len(self._active):
+            runner.keep_streams(keep)
+            with self._lock:
+                self._active = [self._active[i] for i in keep]
+        active = self._active
+        if not active:
+            return
+        steps = min(self.step_samples, min(s.remaining for s in active))
+        if active[0].constant_bias is None:  # per-step mel bias: bounded in memory as in `generate`
+            steps = min(steps, max(1, generation.BIAS_BUDGET // (len(active) * self.weights.conv_b.numel())))
+        bias = torch.cat([s.bias(steps) for s in active]).to(self._device)
+        noise = torch.cat([s.noise(steps) for s in active]).to(self._device)
+        temperatures = [s.batch.temperature for s in active]
+        audio = runner.run(bias, noise, temperatures)[0].cpu().numpy()
+        going = [not s.deliver(audio[i]) for i, s in enumerate(active)]
+        if not all(going):
+            keep = [i for i, on in enumerate(going) if on]
+            runner.keep_streams(keep)
+            with self._lock:
+                self._active = [active[i] for i in keep]
