@@ -2,8 +2,9 @@
 
 Nothing is downloaded: music21 ships the four-part chorales (the Riemenschneider set, 371
 numbers over 350 distinct scores). Each score is exported to MIDI with every part on the
-General MIDI Church Organ at a fixed tempo, rendered with the fluidsynth command line at
-16 kHz (no reverb or chorus), and converted into the manifest by `common.convert`:
+General MIDI Church Organ at a fixed tempo (grace notes dropped), rendered with the
+fluidsynth command line at 16 kHz (no reverb or chorus), and converted into the manifest by
+`common.convert`:
 
     data_dir/midi/<name>.mid        music21's MIDI export
     data_dir/rendered/<name>.wav    fluidsynth's stereo render
@@ -44,7 +45,7 @@ SOUNDFONTS = (  # searched in this order, so a machine with both renders with th
 
 def _require_music21() -> None:
     if importlib.util.find_spec("music21") is None:
-        raise ModuleNotFoundError("the bach-chorales recipe needs music21 (its corpus and MIDI export): pip install music21")
+        raise ModuleNotFoundError("the bach-chorales recipe needs music21 (corpus, MIDI export): pip install music21")
 
 
 def _find_soundfont(soundfont: str | os.PathLike | None) -> Path:
@@ -84,7 +85,7 @@ def _write_midi(work: str, midi: Path, max_measures: int | None) -> None:
     """
     from music21 import corpus, instrument, tempo
 
-    score = corpus.parse(work)
+    score = corpus.parse(work, fileExtensions=("mxl", "xml"))  # MusicXML: a few also come as **kern
     if max_measures is not None:
         score = score.measures(0, max_measures)
     dropped = [n for n in score.recurse().notes if n.duration.quarterLength == 0]
@@ -107,7 +108,7 @@ def _render(fluidsynth: str, soundfont: Path, midi: Path, wav: Path) -> None:
         done = subprocess.run(command, capture_output=True, text=True, timeout=RENDER_TIMEOUT)
     except subprocess.TimeoutExpired:
         partial.unlink(missing_ok=True)
-        raise RuntimeError(f"fluidsynth still rendering {midi} after {RENDER_TIMEOUT} s (a note that never ends?)") from None
+        raise RuntimeError(f"fluidsynth still rendering {midi} after {RENDER_TIMEOUT} s (a stuck note?)") from None
     if done.returncode != 0 or not partial.is_file():
         partial.unlink(missing_ok=True)
         raise RuntimeError(f"fluidsynth failed on {midi}: {(done.stderr or done.stdout).strip()}")
