@@ -208,7 +208,7 @@ def test_ddp_two_cpu_processes_end_with_identical_weights(tmp_path, corpus):
         "accelerator": "cpu", "devices": 2, "enable_progress_bar": False,
         "strategy": {
             "class_path": "pytorch_lightning.strategies.DDPStrategy",
-            "init_args": {"process_group_backend": "gloo", "static_graph": True},
+            "init_args": {"process_group_backend": "gloo"},
         },
     }  # fmt: skip
     config = _config_file(tmp_path, corpus, trainer=ddp)
