@@ -16,12 +16,7 @@ from wavekit.train import WaveNetModule, ema_callback
 TINY = dict(layers=4, stacks=1, residual_channels=8, gate_channels=16, skip_channels=16)
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:

@@ -26,16 +26,11 @@ LN2 = math.log(2)
 
 
 @pytest.fixture(autouse=True)
-def seeded_single_thread():
-    """Seed 0 for every test (the global RNG state is restored after). One intra-op thread:
-    tiny models gain nothing from more, and on a busy shared CPU the OpenMP barriers between
-    two threads can stall every step by orders of magnitude."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def seeded_single_thread(single_thread):
+    """Seed 0 and one intra-op thread for every test (the global RNG state is restored after)."""
     with torch.random.fork_rng():
         torch.manual_seed(0)
         yield
-    torch.set_num_threads(threads)
 
 
 def _config(**overrides) -> WaveNetConfig:

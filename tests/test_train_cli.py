@@ -28,12 +28,7 @@ MODEL = dict(layers=2, stacks=1, residual_channels=4, gate_channels=4, skip_chan
 CORPUS = {"train": [3000, 3500], "valid": [1100], "test": [1000, 1700]}
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _write_manifest(directory: Path, utterances: list[tuple[str, np.ndarray, str | None, str]]) -> Path:

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from wavekit import generation
-from wavekit.generation import BACKENDS, CHUNK_SIZE, NUMBA_MAX_BATCH, _Batch, _prepare, _spans
+from wavekit.generation import BACKENDS, CHUNK_SIZE, _backend_name, _Batch, _prepare, _spans
 from wavekit.generation.weights import InferenceWeights
 from wavekit.model import WaveNet
 
@@ -173,13 +173,7 @@ class BatchingEngine:
         self.chunk_size = chunk_size
         self.weights = InferenceWeights.from_model(model)
         device = self.weights.conv_w.device
-        if backend == "auto":
-            backend = "numba" if device.type == "cpu" and max_batch <= NUMBA_MAX_BATCH else "torch"
-        if backend not in BACKENDS:
-            raise ValueError(f"backend: must be 'auto' or one of {sorted(BACKENDS)}, got {backend!r}")
-        if backend == "numba" and device.type != "cpu":
-            raise ValueError(f"backend: 'numba' runs on the CPU, the model is on {device}")
-        self.backend = backend
+        self.backend = _backend_name(backend, device, max_batch)
         self._device = device
         self._waiting: list[_Stream] = []
         self._active: list[_Stream] = []  # changed by the engine thread only, always under the lock

@@ -123,14 +123,19 @@ def _prepare(
     return _Batch(lengths, cond, speaker_embedding, generators, float(temperature))
 
 
-def _backend(model: WaveNet, weights: InferenceWeights, batch: int, name: str):
-    device = weights.conv_w.device
+def _backend_name(name: str, device: torch.device, batch: int) -> str:
+    """Resolve `name` ("auto" or a key of BACKENDS) for `batch` streams on `device`."""
     if name == "auto":
         name = "numba" if device.type == "cpu" and batch <= NUMBA_MAX_BATCH else "torch"
     if name not in BACKENDS:
         raise ValueError(f"backend: must be 'auto' or one of {sorted(BACKENDS)}, got {name!r}")
     if name == "numba" and device.type != "cpu":
         raise ValueError(f"backend: 'numba' runs on the CPU, the model is on {device}")
+    return name
+
+
+def _backend(model: WaveNet, weights: InferenceWeights, batch: int, name: str):
+    name = _backend_name(name, weights.conv_w.device, batch)
     return BACKENDS[name](weights, model.distribution, batch)
 
 
