@@ -449,13 +449,14 @@ def evaluate(
     was_training = model.training
     model.eval()
     try:
-        for batch in _batches(_pieces(model, utterances, speakers, segment_samples), batch_size, segment_samples):
-            audio = torch.stack([p[0] for p in batch]).to(device)
-            mel = torch.stack([p[1] for p in batch]).to(device) if cfg.mel_channels else None
-            speaker = torch.tensor([p[2] for p in batch], device=device) if cfg.num_speakers else None
-            nats -= model.log_prob(audio, mel, speaker).double().sum().item()
-            samples += audio.numel()
-            counts += torch.bincount(mulaw_encode(audio.cpu().flatten()), minlength=256)
+        with torch.no_grad():  # scoring only: no autograd graph over whole utterances
+            for batch in _batches(_pieces(model, utterances, speakers, segment_samples), batch_size, segment_samples):
+                audio = torch.stack([p[0] for p in batch]).to(device)
+                mel = torch.stack([p[1] for p in batch]).to(device) if cfg.mel_channels else None
+                speaker = torch.tensor([p[2] for p in batch], device=device) if cfg.num_speakers else None
+                nats -= model.log_prob(audio, mel, speaker).double().sum().item()
+                samples += audio.numel()
+                counts += torch.bincount(mulaw_encode(audio.cpu().flatten()), minlength=256)
     finally:
         model.train(was_training)
     return {
