@@ -147,15 +147,17 @@ def test_teacher_forced_params_unconditioned(kernel_size, head, backend):
 
 
 def _count_bias_spans(monkeypatch) -> list[int]:
-    """Record the number of steps of every gate-bias span the generator computes."""
+    """Record the number of steps of every mel span the generator hands its backend."""
     spans: list[int] = []
-    original = InferenceWeights.layer_bias
+    original = generation._spans
 
-    def spy(self, cond, speaker_embedding, batch):
-        spans.append(cond.shape[2] if cond is not None else 0)
-        return original(self, cond, speaker_embedding, batch)
+    def spy(*args):
+        for start, stop, cond in original(*args):
+            assert cond.shape[2] == stop - start
+            spans.append(stop - start)
+            yield start, stop, cond
 
-    monkeypatch.setattr(InferenceWeights, "layer_bias", spy)
+    monkeypatch.setattr(generation, "_spans", spy)
     return spans
 
 

@@ -84,10 +84,10 @@ def slow_runs(monkeypatch, backend: str = "numba", delay: float = 0.002) -> list
     cls = generation.BACKENDS[backend]
     original = cls.run
 
-    def run(self, bias, noise, temperature, forced=None):
+    def run(self, bias, noise, temperature, forced=None, cond=None):
         sizes.append(bias.shape[0])
         time.sleep(delay)
-        return original(self, bias, noise, temperature, forced)
+        return original(self, bias, noise, temperature, forced, cond)
 
     monkeypatch.setattr(cls, "run", run)
     return sizes
@@ -195,7 +195,7 @@ def _check_streams_added_late_and_removed(backend: str) -> None:
     model = make_model(speakers=False)
     weights = InferenceWeights.from_model(model)
     cls = generation.BACKENDS[backend]
-    bias = weights.layer_bias(None, None, 1)
+    bias = weights.static_bias(None, 1)
     g = torch.Generator().manual_seed(0)
     noise = torch.rand(3, 1, 60, generator=g)
 

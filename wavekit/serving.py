@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from wavekit import generation
-from wavekit.generation import BACKENDS, CHUNK_SIZE, _backend_name, _Batch, _prepare, _spans
+from wavekit.generation import BACKENDS, _backend_name, _Batch, _prepare
 from wavekit.generation.weights import InferenceWeights
 from wavekit.model import WaveNet
 
@@ -88,16 +88,7 @@ class _Stream:
         self.total = batch.lengths[0]
         self.done = 0
         self.noise_channels = noise_channels
-        if batch.cond is None:  # constant over time: the speaker term
-            self.constant_bias = weights.layer_bias(None, batch.speaker_embedding, 1)
-        else:  # the same spans as `generate` computes, so the same floats
-            self.constant_bias = None
-            self.pieces = (
-                piece
-                for start in range(0, self.total, CHUNK_SIZE)
-                for piece in _spans(batch, weights, start, min(self.total, start + CHUNK_SIZE))
-            )
-            self.piece = next(self.pieces)
+        self.bias = weights.static_bias(batch.speaker_embedding, 1)  # [1, 1, L, G]
         self.pending: list[np.ndarray] = []
         self.pending_samples = 0
 
@@ -105,20 +96,9 @@ class _Stream:
     def remaining(self) -> int:
         return self.total - self.done
 
-    def bias(self, steps: int) -> Tensor:
-        """Gate bias of the next `steps` steps: [1, steps, L, G], or [1, 1, L, G] without mel."""
-        if self.constant_bias is not None:
-            return self.constant_bias
-        pieces, position, stop = [], self.done, self.done + steps
-        while position < stop:
-            start, end, bias = self.piece
-            if position >= end:
-                self.piece = next(self.pieces)
-                continue
-            take = min(stop, end)
-            pieces.append(bias[:, position - start : take - start])
-            position = take
-        return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=1)
+    def cond(self, steps: int) -> Tensor | None:
+        """The upsampled mel of the next `steps` steps [1, M, steps], or None for an unconditioned model."""
+        return None if self.batch.cond is None else self.batch.cond[:, :, self.done : self.done + steps]
 
     def noise(self, steps: int) -> Tensor:
         return self.batch.noise(self.noise_channels, steps, torch.device("cpu"))
@@ -279,12 +259,15 @@ class BatchingEngine:
         if not active:
             return
         steps = min(self.step_samples, min(s.remaining for s in active))
-        if active[0].constant_bias is None:  # per-step mel bias: bounded in memory as in `generate`
+        conds = [s.cond(steps) for s in active]
+        if conds[0] is not None:  # per-step mel bias: bounded in memory as in `generate`
             steps = min(steps, max(1, generation.BIAS_BUDGET // (len(active) * self.weights.conv_b.numel())))
-        bias = torch.cat([s.bias(steps) for s in active]).to(self._device)
+            conds = [c[:, :, :steps] for c in conds]
+        bias = torch.cat([s.bias for s in active]).to(self._device)
+        cond = torch.cat(conds).to(self._device) if conds[0] is not None else None
         noise = torch.cat([s.noise(steps) for s in active]).to(self._device)
         temperatures = [s.batch.temperature for s in active]
-        audio = runner.run(bias, noise, temperatures)[0].cpu().numpy()
+        audio = runner.run(bias, noise, temperatures, cond=cond)[0].cpu().numpy()
         going = [not s.deliver(audio[i]) for i, s in enumerate(active)]
         if not all(going):
             keep = [i for i, on in enumerate(going) if on]

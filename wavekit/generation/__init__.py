@@ -139,16 +139,20 @@ def _backend(model: WaveNet, weights: InferenceWeights, batch: int, name: str):
     return BACKENDS[name](weights, model.distribution, batch)
 
 
-def _spans(batch: _Batch, weights: InferenceWeights, start: int, stop: int) -> Iterator[tuple[int, int, Tensor]]:
-    """(span start, span stop, gate bias) pieces covering [start, stop), bounded in memory."""
+def _spans(batch: _Batch, weights: InferenceWeights, start: int, stop: int) -> Iterator[tuple[int, int, Tensor | None]]:
+    """(span start, span stop, upsampled mel of the span or None) pieces covering [start, stop).
+
+    Spans are sized so that a backend that materializes the span's per-step gate bias
+    (the torch backend) stays within BIAS_BUDGET floats.
+    """
     if batch.cond is None:
-        yield start, stop, weights.layer_bias(None, batch.speaker_embedding, batch.size)
+        yield start, stop, None
         return
     per_step = batch.size * weights.conv_b.numel()
     step = max(1, BIAS_BUDGET // per_step)
     for a in range(start, stop, step):
         b = min(stop, a + step)
-        yield a, b, weights.layer_bias(batch.cond[:, :, a:b], batch.speaker_embedding, batch.size)
+        yield a, b, batch.cond[:, :, a:b]
 
 
 def _progress_callback(
@@ -211,13 +215,14 @@ def _chunks(
 ) -> Iterator[Tensor]:
     """The generator behind `stream`, started only after every argument was checked."""
     update, close = _progress_callback(progress, batch.total, batch.size, sample_rate)
+    bias = weights.static_bias(batch.speaker_embedding, batch.size)
     try:
         for start in range(0, batch.total, chunk_size):
             stop = min(batch.total, start + chunk_size)
             pieces = []
-            for a, b, bias in _spans(batch, weights, start, stop):
+            for a, b, cond in _spans(batch, weights, start, stop):
                 noise = batch.noise(noise_channels, b - a, bias.device)
-                pieces.append(runner.run(bias, noise, batch.temperature)[0])
+                pieces.append(runner.run(bias, noise, batch.temperature, cond=cond)[0])
             update(stop)
             yield batch.mask(torch.cat(pieces, dim=1), start)
     finally:
@@ -255,9 +260,10 @@ def teacher_forced_params(
     batch = _prepare(model, audio.shape[1], mel, speaker, audio.shape[0], 1.0, 0)
     weights = InferenceWeights.from_model(model)
     runner = _backend(model, weights, batch.size, backend)
+    bias = weights.static_bias(batch.speaker_embedding, batch.size)
     params = []
-    for a, b, bias in _spans(batch, weights, 0, batch.total):
-        params.append(runner.run(bias, None, 1.0, forced=audio[:, a:b].to(bias.device))[1])
+    for a, b, cond in _spans(batch, weights, 0, batch.total):
+        params.append(runner.run(bias, None, 1.0, forced=audio[:, a:b].to(bias.device), cond=cond)[1])
     return torch.cat(params, dim=2)
 
 

@@ -28,10 +28,14 @@ from torch import Tensor
 
 from wavekit.audio import mulaw_encode
 from wavekit.distributions import DiscretizedLogisticMixture, OutputDistribution
+from wavekit.generation.gemm import PANEL, gemm_panels, pack_panels
 from wavekit.generation.weights import InferenceWeights
 from wavekit.model import RESIDUAL_SCALE
 
-_FAST = {"reassoc", "contract", "arcp"}
+# No `reassoc`: it would undo `_exp`'s two-constant range reduction, and nothing here needs
+# it (the matrix products are LLVM IR of their own). NumPy's error model: a float division
+# never raises, so the loops over `_sigmoid` and `_tanh` vectorize.
+_FAST = {"contract", "arcp"}
 
 
 @intrinsic
@@ -73,6 +77,49 @@ def _sched_yield(typingctx):
     return sig, codegen
 
 
+@intrinsic
+def _float_from_bits(typingctx, bits):
+    """The float32 whose IEEE bits are the int32 `bits`."""
+    sig = types.float32(types.int32)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.FloatType())
+
+    return sig, codegen
+
+
+@numba.njit(fastmath=_FAST, inline="always", boundscheck=False, error_model="numpy")
+def _exp(x):
+    """expf within 2 ulp (Cephes' polynomial), in plain arithmetic so loops over it vectorize.
+
+    libm's scalar expf and tanhf were most of the kernel's time; inlined into a loop,
+    this becomes 8-wide vector code.
+    """
+    x = np.float32(88.0) if x > np.float32(88.0) else x
+    x = np.float32(-87.0) if x < np.float32(-87.0) else x
+    k = np.floor(x * np.float32(1.44269504) + np.float32(0.5))
+    r = x - k * np.float32(0.693359375) + k * np.float32(2.12194440e-4)
+    p = np.float32(1.9875691500e-4)
+    p = p * r + np.float32(1.3981999507e-3)
+    p = p * r + np.float32(8.3334519073e-3)
+    p = p * r + np.float32(4.1665795894e-2)
+    p = p * r + np.float32(1.6666665459e-1)
+    p = p * r + np.float32(5.0000001201e-1)
+    y = p * r * r + r + np.float32(1.0)
+    return y * _float_from_bits((np.int32(k) + np.int32(127)) << np.int32(23))
+
+
+@numba.njit(fastmath=_FAST, inline="always", boundscheck=False, error_model="numpy")
+def _sigmoid(x):
+    return np.float32(1.0) / (np.float32(1.0) + _exp(-x))
+
+
+@numba.njit(fastmath=_FAST, inline="always", boundscheck=False, error_model="numpy")
+def _tanh(x):
+    """tanh as 2 sigmoid(2x) - 1: within 1e-7 of libm's (absolute), and vectorizable."""
+    return np.float32(2.0) * _sigmoid(np.float32(2.0) * x) - np.float32(1.0)
+
+
 _LINE = 16  # int64 counters per 128-byte line, so each part's counter has its own
 _SPINS = 4000  # busy polls before yielding the core to whoever holds it (e.g. a waiting part)
 
@@ -102,35 +149,6 @@ def _pool(workers: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="wavekit-gen")
 
 
-@numba.njit(fastmath=_FAST, inline="always", boundscheck=False)
-def _matvec_add(w, x, out):
-    """out += w @ x, four output rows at a time so each x[i] load feeds four FMAs."""
-    rows, cols = w.shape
-    o = 0
-    while o + 4 <= rows:
-        a0 = np.float32(0.0)
-        a1 = np.float32(0.0)
-        a2 = np.float32(0.0)
-        a3 = np.float32(0.0)
-        for i in range(cols):
-            xi = x[i]
-            a0 += w[o, i] * xi
-            a1 += w[o + 1, i] * xi
-            a2 += w[o + 2, i] * xi
-            a3 += w[o + 3, i] * xi
-        out[o] += a0
-        out[o + 1] += a1
-        out[o + 2] += a2
-        out[o + 3] += a3
-        o += 4
-    while o < rows:
-        acc = np.float32(0.0)
-        for i in range(cols):
-            acc += w[o, i] * x[i]
-        out[o] += acc
-        o += 1
-
-
 @numba.njit(boundscheck=False)
 def _inverse_cdf(logits, first, count, temperature, u, weights):
     """Index in [0, count) drawn from softmax(logits[first:first+count] / T) at uniform u.
@@ -144,7 +162,7 @@ def _inverse_cdf(logits, first, count, temperature, u, weights):
             m = z
     total = 0.0
     for j in range(count):
-        weights[j] = np.float32(math.exp(logits[first + j] / temperature - m))
+        weights[j] = _exp(logits[first + j] / temperature - m)
         total += np.float64(weights[j])
     threshold = np.float64(u) * total
     cdf = 0.0
@@ -170,131 +188,156 @@ def _sample_mol(params, mixtures, temperature, log_scale_min, half_levels, u0, u
     return np.float32(k / half_levels - np.float32(1.0))
 
 
-@numba.njit(nogil=True, fastmath=_FAST, boundscheck=False, cache=True)
-def _run_part(
+@numba.njit(nogil=True, fastmath=_FAST, boundscheck=False, error_model="numpy", cache=True)
+def _run_group(
     part, parts, first, last, t0, steps, sync_base, is_mol, dilations, queue_offsets, kernel_size,
-    embed, conv_w, bias, res_skip_w, res_b, skip_b, skip_scale,
-    out1_w, out1_b, out2_w, out2_b, decode,
+    embed, conv_p, bias, cond, cond_p, res_skip_p, res_b, skip_b, skip_scale,
+    out1_p, out1_b, out2_p, out2_b, decode,
     mixtures, half_levels, log_scale_min, temperatures,
     queues, previous_bin, previous_value, noise, forced, forced_bins, out, params_out,
     exchange, counters, residual_scale,
 ):  # fmt: skip
-    """Advance streams [first, last) by `steps` samples, computing share `part` of `parts`.
+    """Advance streams [first, last) together by `steps` samples, computing share `part` of `parts`.
 
-    Weights come pre-split by part: conv_w [P, L, 2 * Hp, K * R] (part p's tanh rows then
-    its sigmoid rows), res_skip_w [P, L, R + S, Hp] (its columns), out1_w [P, S / P, S]
-    and out2_w [P, C / P, S] (its rows); bias [B, T', L, P, 2 * Hp]. Every part keeps a
-    full copy of the residual stream and its queues [B, P, Q, R]; partial sums meet in
-    `exchange` [P, L + 3, W], always added in part order, so all parts agree bit for bit.
-    `temperatures` [B] holds each stream's sampling temperature.
+    Each layer is two or three matrix products over all the group's streams at once.
+    Weights come pre-split by part and packed in panels (`gemm.pack_panels`): conv_p and
+    cond_p [P, L, ., K * R or M, 16] (part p's tanh rows then its sigmoid rows),
+    res_skip_p [P, L, ., Hp, 16] (its gate columns), out1_p and out2_p [P, ., S, 16] (its
+    rows). bias [B, 1 or T', L, P, 2 * Hp] is the gate bias without the mel term, which
+    comes from the upsampled mel `cond` [B, T', M] (M = 0: none) step by step. Every
+    part keeps a full copy of the residual stream and its queues [B, P, Q, R]; partial
+    sums meet in `exchange` [P, L + 3, last - first, W], always added in part order, so all
+    parts agree bit for bit. `temperatures` [B] holds each stream's sampling temperature.
     Row k is read right after barrier k, before the reader publishes barrier k + 1; a
     part rewrites row k in the next step only after passing barrier k + 1 of this one,
     that is after every part has read it: so one barrier per row is enough.
     """
-    layers = conv_w.shape[1]
-    gate_part = conv_w.shape[2]
-    half_part = gate_part // 2
-    taps_width = conv_w.shape[3]
+    layers = conv_p.shape[1]
+    taps_width = conv_p.shape[3]
     residual = res_b.shape[1]
     skip = skip_b.shape[0]
-    hidden_part = out1_w.shape[1]
-    classes_part = out2_w.shape[1]
-    classes = classes_part * parts
+    gate_part = bias.shape[4]
+    half_part = gate_part // 2
+    hidden_part = out1_b.shape[0] // parts
+    classes = out2_b.shape[0]
+    classes_part = classes // parts
+    n = last - first
     forcing = forced.shape[1] > 0
     recording = params_out.shape[2] > 0
     bias_varies = bias.shape[1] > 1
     syncs = layers + 3
-    x = np.empty(residual, np.float32)
-    taps = np.empty(taps_width, np.float32)
-    h = np.empty(gate_part, np.float32)
-    z = np.empty(half_part, np.float32)
-    res_skip = np.empty(residual + skip, np.float32)
-    skips = np.empty(skip, np.float32)
-    hidden = np.empty(skip, np.float32)
-    params = np.empty(classes, np.float32)
+    taps = np.empty((n, taps_width), np.float32)
+    gates = np.empty((n, conv_p.shape[2] * PANEL), np.float32)
+    z = np.empty((n, half_part), np.float32)
+    res_skip = np.empty((n, res_skip_p.shape[2] * PANEL), np.float32)
+    x = np.empty((n, residual), np.float32)
+    skips = np.empty((n, skip), np.float32)
+    hidden_mine = np.empty((n, out1_p.shape[1] * PANEL), np.float32)
+    hidden = np.empty((n, out1_b.shape[0]), np.float32)
+    logits_mine = np.empty((n, out2_p.shape[1] * PANEL), np.float32)
+    params = np.empty((n, classes), np.float32)
     class_weights = np.empty(classes, np.float32)
-    for b in range(first, last):
-        temperature = temperatures[b]
-        prev_bin = previous_bin[b]
-        prev_value = previous_value[b]
-        for s in range(steps):
-            t = t0 + s
-            sequence = sync_base + s * syncs
-            if is_mol:
-                for i in range(residual):
-                    x[i] = prev_value * embed[0, i] + embed[1, i]
-            else:
-                for i in range(residual):
-                    x[i] = embed[prev_bin, i]
-            skips[:] = 0.0
-            bias_t = s if bias_varies else 0
-            for l in range(layers):
-                d = dilations[l]
-                span = d * (kernel_size - 1)
-                base = queue_offsets[l]
+    mel = cond.shape[2]
+    mel_rows = np.empty((n, mel), np.float32)
+    prev_bin = previous_bin[first:last].copy()
+    prev_value = previous_value[first:last].copy()
+    for s in range(steps):
+        t = t0 + s
+        sequence = sync_base + s * syncs
+        bias_t = s if bias_varies else 0
+        for b in range(n):
+            for i in range(mel):
+                mel_rows[b, i] = cond[first + b, s, i]
+            for i in range(residual):
+                x[b, i] = prev_value[b] * embed[0, i] + embed[1, i] if is_mol else embed[prev_bin[b], i]
+        skips[:, :] = 0.0
+        for l in range(layers):
+            d = dilations[l]
+            span = d * (kernel_size - 1)
+            base = queue_offsets[l]
+            newest, write = (kernel_size - 1) * residual, base + t % span
+            for b in range(n):
                 for j in range(kernel_size - 1):
                     slot = base + (t - (kernel_size - 1 - j) * d) % span
                     for i in range(residual):
-                        taps[j * residual + i] = queues[b, part, slot, i]
+                        taps[b, j * residual + i] = queues[first + b, part, slot, i]
                 for i in range(residual):
-                    taps[(kernel_size - 1) * residual + i] = x[i]
-                    queues[b, part, base + t % span, i] = x[i]
-                h[:] = bias[b, bias_t, l, part]
-                _matvec_add(conv_w[part, l], taps, h)
+                    taps[b, newest + i] = x[b, i]
+                    queues[first + b, part, write, i] = x[b, i]
+                for i in range(gate_part):
+                    gates[b, i] = bias[first + b, bias_t, l, part, i]
+            if mel > 0:
+                gemm_panels(mel_rows, n, mel, cond_p[part, l], gates)
+            gemm_panels(taps, n, taps_width, conv_p[part, l], gates)
+            for b in range(n):
                 for i in range(half_part):
-                    z[i] = math.tanh(h[i]) / (np.float32(1.0) + math.exp(-h[half_part + i]))
-                res_skip[:] = 0.0
-                _matvec_add(res_skip_w[part, l], z, res_skip)
-                exchange[part, l, :residual] = res_skip[:residual]
-                for i in range(skip):
-                    skips[i] += res_skip[residual + i]
-                _publish_and_wait(counters, part, parts, sequence + l + 1)
+                    z[b, i] = _tanh(gates[b, i]) * _sigmoid(gates[b, half_part + i])
+            res_skip[:, :] = 0.0
+            gemm_panels(z, n, half_part, res_skip_p[part, l], res_skip)
+            for b in range(n):
                 for i in range(residual):
-                    total = exchange[0, l, i]
+                    exchange[part, l, b, i] = res_skip[b, i]
+                for i in range(skip):
+                    skips[b, i] += res_skip[b, residual + i]
+            _publish_and_wait(counters, part, parts, sequence + l + 1)
+            for b in range(n):
+                for i in range(residual):
+                    total = exchange[0, l, b, i]
                     for p in range(1, parts):
-                        total += exchange[p, l, i]
-                    x[i] = (x[i] + total + res_b[l, i]) * residual_scale
-            exchange[part, layers, :skip] = skips
-            _publish_and_wait(counters, part, parts, sequence + layers + 1)
+                        total += exchange[p, l, b, i]
+                    x[b, i] = (x[b, i] + total + res_b[l, i]) * residual_scale
+        for b in range(n):
             for i in range(skip):
-                total = exchange[0, layers, i]
+                exchange[part, layers, b, i] = skips[b, i]
+        _publish_and_wait(counters, part, parts, sequence + layers + 1)
+        for b in range(n):
+            for i in range(skip):
+                total = exchange[0, layers, b, i]
                 for p in range(1, parts):
-                    total += exchange[p, layers, i]
-                skips[i] = max((total + skip_b[i]) * skip_scale, np.float32(0.0))
-            row = part * hidden_part
-            hidden[:hidden_part] = out1_b[row : row + hidden_part]
-            _matvec_add(out1_w[part], skips, hidden[:hidden_part])
+                    total += exchange[p, layers, b, i]
+                skips[b, i] = max((total + skip_b[i]) * skip_scale, np.float32(0.0))
             for i in range(hidden_part):
-                exchange[part, layers + 1, i] = max(hidden[i], np.float32(0.0))
-            _publish_and_wait(counters, part, parts, sequence + layers + 2)
+                hidden_mine[b, i] = out1_b[part * hidden_part + i]
+        gemm_panels(skips, n, skip, out1_p[part], hidden_mine)
+        for b in range(n):
+            for i in range(hidden_part):
+                exchange[part, layers + 1, b, i] = max(hidden_mine[b, i], np.float32(0.0))
+        _publish_and_wait(counters, part, parts, sequence + layers + 2)
+        for b in range(n):
             for p in range(parts):
-                hidden[p * hidden_part : (p + 1) * hidden_part] = exchange[p, layers + 1, :hidden_part]
-            row = part * classes_part
-            params[:classes_part] = out2_b[row : row + classes_part]
-            _matvec_add(out2_w[part], hidden, params[:classes_part])
-            exchange[part, layers + 2, :classes_part] = params[:classes_part]
-            _publish_and_wait(counters, part, parts, sequence + layers + 3)
+                for i in range(hidden_part):
+                    hidden[b, p * hidden_part + i] = exchange[p, layers + 1, b, i]
+            for i in range(classes_part):
+                logits_mine[b, i] = out2_b[part * classes_part + i]
+        gemm_panels(hidden, n, hidden.shape[1], out2_p[part], logits_mine)
+        for b in range(n):
+            for i in range(classes_part):
+                exchange[part, layers + 2, b, i] = logits_mine[b, i]
+        _publish_and_wait(counters, part, parts, sequence + layers + 3)
+        for b in range(n):
             for p in range(parts):
-                params[p * classes_part : (p + 1) * classes_part] = exchange[p, layers + 2, :classes_part]
+                for i in range(classes_part):
+                    params[b, p * classes_part + i] = exchange[p, layers + 2, b, i]
+            stream = first + b
             if forcing:
-                value = forced[b, s]
-                prev_bin = forced_bins[b, s]
+                value = forced[stream, s]
+                prev_bin[b] = forced_bins[stream, s]
             elif is_mol:
                 value = _sample_mol(
-                    params, mixtures, temperature, log_scale_min, half_levels, noise[b, 0, s], noise[b, 1, s],
-                    class_weights,
-                )
+                    params[b], mixtures, temperatures[stream], log_scale_min, half_levels,
+                    noise[stream, 0, s], noise[stream, 1, s], class_weights,
+                )  # fmt: skip
             else:
-                prev_bin = _inverse_cdf(params, 0, classes, temperature, noise[b, 0, s], class_weights)
-                value = decode[prev_bin]
-            prev_value = value
+                prev_bin[b] = _inverse_cdf(params[b], 0, classes, temperatures[stream], noise[stream, 0, s], class_weights)
+                value = decode[prev_bin[b]]
+            prev_value[b] = value
             if part == 0:
-                out[b, s] = value
+                out[stream, s] = value
                 if recording:
-                    params_out[b, :, s] = params
-        if part == 0:
-            previous_bin[b] = prev_bin
-            previous_value[b] = prev_value
+                    params_out[stream, :, s] = params[b]
+    if part == 0:
+        previous_bin[first:last] = prev_bin
+        previous_value[first:last] = prev_value
 
 
 class NumbaQueuedBackend:
@@ -319,7 +362,7 @@ class NumbaQueuedBackend:
             self.mol = (distribution.mixtures, np.float32(half_levels), distribution.log_scale_min)
         else:
             self.mol = (0, np.float32(0.0), 0.0)
-        self.cpu = {name: getattr(weights, name).detach().cpu().numpy() for name in _WEIGHT_NAMES}
+        self.cpu = {name: getattr(weights, name).detach().cpu().numpy() for name in _WEIGHT_NAMES if getattr(weights, name) is not None}
         self.decode = weights.decode_table.cpu().numpy() if len(weights.decode_table) else np.zeros(1, np.float32)
         self.counters = np.zeros(max(self.threads, 1) * _LINE, np.int64)
         self.layouts: dict[int, tuple[np.ndarray, dict[str, np.ndarray]]] = {}
@@ -329,20 +372,25 @@ class NumbaQueuedBackend:
         return self.threads if batch == 1 and _splittable(self.w, self.threads) else 1
 
     def _layout(self, parts: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """(gate row order, weights pre-split into `parts` shares), built once per part count."""
+        """(gate row order, weights split into `parts` shares and packed in panels), built once per part count."""
         if parts not in self.layouts:
             cpu, L = self.cpu, self.w.num_layers
             gate_order = _gate_order(self.w.gate_channels, parts)
-            conv = cpu["conv_w"][:, gate_order].reshape(L, parts, -1, cpu["conv_w"].shape[2])
+
+            def by_part(w: np.ndarray) -> np.ndarray:  # [L, G, in] -> panels [P, L, ., in, 16]
+                return pack_panels(w[:, gate_order].reshape(L, parts, -1, w.shape[2]).transpose(1, 0, 2, 3))
+
+            cond_w = cpu["cond_w"].reshape(L, self.w.gate_channels, -1) if self.w.cond_w is not None else None
             self.layouts[parts] = gate_order, {
                 "embed": cpu["embed_table"],
-                "conv_w": np.ascontiguousarray(conv.transpose(1, 0, 2, 3)),
-                "res_skip_w": np.ascontiguousarray(np.stack(np.split(cpu["res_skip_w"], parts, axis=2))),
+                "conv_p": by_part(cpu["conv_w"]),
+                "cond_p": by_part(cond_w) if cond_w is not None else np.zeros((parts, L, 1, 0, PANEL), np.float32),
+                "res_skip_p": pack_panels(np.stack(np.split(cpu["res_skip_w"], parts, axis=2))),
                 "res_b": cpu["res_b"],
                 "skip_b": cpu["skip_b"],
-                "out1_w": np.ascontiguousarray(np.stack(np.split(cpu["out1_w"], parts))),
+                "out1_p": pack_panels(np.stack(np.split(cpu["out1_w"], parts))),
                 "out1_b": cpu["out1_b"],
-                "out2_w": np.ascontiguousarray(np.stack(np.split(cpu["out2_w"], parts))),
+                "out2_p": pack_panels(np.stack(np.split(cpu["out2_w"], parts))),
                 "out2_b": cpu["out2_b"],
             }
         return self.layouts[parts]
@@ -385,14 +433,16 @@ class NumbaQueuedBackend:
         noise: Tensor | None,
         temperature: float | Sequence[float],
         forced: Tensor | None = None,
+        cond: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None]:
-        """See `TorchQueuedBackend.run`."""
+        """See `TorchQueuedBackend.run`; the mel term is computed step by step inside the kernel."""
         batch = self.batch
         steps = forced.shape[1] if forced is not None else noise.shape[2]
         P, L = self.parts, self.w.num_layers
         gate_order, a = self._layout(P)
         classes = a["out2_b"].shape[0]
         bias_np = np.ascontiguousarray(bias.numpy()[..., gate_order].reshape(batch, bias.shape[1], L, P, -1))
+        cond_np = cond.float().transpose(1, 2).contiguous().numpy() if cond is not None else np.zeros((batch, 0, 0), np.float32)
         noise_np = noise.numpy() if noise is not None else np.zeros((batch, 2, 0), np.float32)
         forced_np = forced.float().numpy() if forced is not None else np.zeros((batch, 0), np.float32)
         if forced is not None and not self.is_mol:
@@ -405,11 +455,11 @@ class NumbaQueuedBackend:
         mixtures, half_levels, log_scale_min = self.mol
 
         def work(part: int, first: int, last: int, exchange: np.ndarray) -> None:
-            _run_part(
+            _run_group(
                 part, P, first, last, self.t, steps, self.sync, self.is_mol, self.dilations,
-                self.queue_offsets, self.w.kernel_size, a["embed"], a["conv_w"], bias_np,
-                a["res_skip_w"], a["res_b"], a["skip_b"], np.float32(self.w.skip_scale),
-                a["out1_w"], a["out1_b"], a["out2_w"], a["out2_b"], self.decode,
+                self.queue_offsets, self.w.kernel_size, a["embed"], a["conv_p"], bias_np, cond_np, a["cond_p"],
+                a["res_skip_p"], a["res_b"], a["skip_b"], np.float32(self.w.skip_scale),
+                a["out1_p"], a["out1_b"], a["out2_p"], a["out2_b"], self.decode,
                 mixtures, half_levels, np.float32(log_scale_min), temperatures,
                 self.queues, self.previous_bin, self.previous_value, noise_np, forced_np, forced_bins, out, params,
                 exchange, self.counters, np.float32(RESIDUAL_SCALE),
@@ -417,12 +467,9 @@ class NumbaQueuedBackend:
 
         width = max(self.w.residual_channels, len(a["skip_b"]), classes)
         groups = 1 if P > 1 else max(1, min(batch, self.threads))
-        exchanges = [np.zeros((P, L + 3, width), np.float32) for _ in range(groups)]
-        if P > 1:
-            jobs = [(part, 0, batch, exchanges[0]) for part in range(P)]
-        else:
-            bounds = np.linspace(0, batch, groups + 1).astype(int)
-            jobs = [(0, bounds[g], bounds[g + 1], exchanges[g]) for g in range(groups)]
+        bounds = np.linspace(0, batch, groups + 1).astype(int)
+        exchanges = [np.zeros((P, L + 3, bounds[g + 1] - bounds[g], width), np.float32) for g in range(groups)]
+        jobs = [(part, bounds[g], bounds[g + 1], exchanges[g]) for g in range(groups) for part in range(P)]
         with _SPLIT_LOCK if P > 1 else contextlib.nullcontext():
             futures = [_pool(len(jobs) - 1).submit(work, *job) for job in jobs[1:]]
             work(*jobs[0])
@@ -433,7 +480,7 @@ class NumbaQueuedBackend:
         return torch.from_numpy(out), (torch.from_numpy(params) if forced is not None else None)
 
 
-_WEIGHT_NAMES = ("embed_table", "conv_w", "res_skip_w", "res_b", "skip_b", "out1_w", "out1_b", "out2_w", "out2_b")
+_WEIGHT_NAMES = ("embed_table", "conv_w", "cond_w", "res_skip_w", "res_b", "skip_b", "out1_w", "out1_b", "out2_w", "out2_b")
 
 
 def _splittable(weights: InferenceWeights, parts: int) -> bool:

@@ -99,14 +99,18 @@ class TorchQueuedBackend:
         noise: Tensor | None,
         temperature: float | Sequence[float],
         forced: Tensor | None = None,
+        cond: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         """Advance `steps` samples. bias [B, 1 or steps, L, G]; noise [B, n, steps].
 
         `temperature` is one value or one per stream. With `forced` audio [B, steps]
         (teacher forcing) the given samples are fed back instead of draws, and the
-        per-step params [B, C, steps] are returned too.
+        per-step params [B, C, steps] are returned too. `cond` is the upsampled mel of
+        these steps [B, M, steps], whose gate term is added to `bias`.
         """
         steps = forced.shape[1] if forced is not None else noise.shape[2]
+        if cond is not None:
+            bias = bias + self.w.mel_bias(cond)
         out = torch.empty(bias.shape[0], steps, device=bias.device)
         params = [] if forced is not None else None
         groups = self._temperature_groups(temperature, bias.shape[0], bias.device)

@@ -108,17 +108,15 @@ class InferenceWeights:
                 decode_table=copy(decode),
             )
 
-    def layer_bias(self, cond: Tensor | None, speaker_embedding: Tensor | None, batch: int) -> Tensor:
-        """Per-step gate bias [B, T', L, G]: conv bias + speaker term + mel term.
-
-        `cond` is the upsampled mel for a span of steps [B, M, T'] (T' = 1 without mel);
-        the speaker term is [B, E]. One matrix product covers every layer.
-        """
+    def static_bias(self, speaker_embedding: Tensor | None, batch: int) -> Tensor:
+        """Gate bias that is constant over time, [B, 1, L, G]: conv bias + speaker term."""
         L, G = self.conv_b.shape
         bias = self.conv_b.reshape(1, 1, L, G).expand(batch, 1, L, G)
         if speaker_embedding is not None:
             bias = bias + (speaker_embedding.float() @ self.speaker_w.T).reshape(batch, 1, L, G)
-        if cond is not None:
-            mel_term = torch.einsum("km,bmt->btk", self.cond_w, cond.float())
-            bias = bias + mel_term.reshape(batch, cond.shape[2], L, G)
         return bias.contiguous()
+
+    def mel_bias(self, cond: Tensor) -> Tensor:
+        """Per-step gate bias of the upsampled mel `cond` [B, M, T'], [B, T', L, G]: one product for every layer."""
+        L, G = self.conv_b.shape
+        return torch.einsum("km,bmt->btk", self.cond_w, cond.float()).reshape(cond.shape[0], cond.shape[2], L, G)
