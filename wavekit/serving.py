@@ -128,7 +128,7 @@ class BatchingEngine:
     `max_batch` streams generate together (later requests wait for a free slot);
     `step_samples` is how many samples each backend call advances, which bounds how long a
     new request waits to join (default 1/20 s of audio). `backend` is "auto" (numba on
-    the CPU up to `generation.NUMBA_MAX_BATCH` streams, else torch), "numba" or "torch".
+    the CPU, else torch), "numba" or "torch".
     Thread-safe; `close()` (or leaving a `with` block) stops the thread.
     """
 
@@ -153,7 +153,7 @@ class BatchingEngine:
         self.chunk_size = chunk_size
         self.weights = InferenceWeights.from_model(model)
         device = self.weights.conv_w.device
-        self.backend = _backend_name(backend, device, max_batch)
+        self.backend = _backend_name(backend, device)
         self._device = device
         self._waiting: list[_Stream] = []
         self._active: list[_Stream] = []  # changed by the engine thread only, always under the lock

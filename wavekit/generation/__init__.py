@@ -3,7 +3,7 @@
 `stream` runs the Fast WaveNet queued algorithm (Paine et al. 2016) over a batch of
 independent streams and yields audio chunks as they are produced; `generate` collects
 them. On the CPU a fused numba kernel runs the per-sample loop (backend "numba"); the
-eager PyTorch backend ("torch") serves other devices and large batches. Stream b draws
+eager PyTorch backend ("torch") serves other devices. Stream b draws
 its noise from its own generator seeded with `seed + b`, so its samples do not depend
 on which other streams share the batch or on the backend.
 """
@@ -26,7 +26,6 @@ from wavekit.model import WaveNet
 __all__ = ["generate", "stream", "naive_generate", "teacher_forced_params", "BACKENDS"]
 
 BACKENDS = {"torch": TorchQueuedBackend, "numba": NumbaQueuedBackend}
-NUMBA_MAX_BATCH = 128  # above this, eager GEMMs beat per-stream kernels (docs/performance.md)
 BIAS_BUDGET = 1 << 22  # floats of per-step gate bias computed at once when mel-conditioned
 CHUNK_SIZE = 16000  # samples per chunk `stream` yields by default
 
@@ -123,10 +122,10 @@ def _prepare(
     return _Batch(lengths, cond, speaker_embedding, generators, float(temperature))
 
 
-def _backend_name(name: str, device: torch.device, batch: int) -> str:
-    """Resolve `name` ("auto" or a key of BACKENDS) for `batch` streams on `device`."""
+def _backend_name(name: str, device: torch.device) -> str:
+    """Resolve `name` ("auto": numba on the CPU, torch elsewhere, or a key of BACKENDS) for `device`."""
     if name == "auto":
-        name = "numba" if device.type == "cpu" and batch <= NUMBA_MAX_BATCH else "torch"
+        name = "numba" if device.type == "cpu" else "torch"
     if name not in BACKENDS:
         raise ValueError(f"backend: must be 'auto' or one of {sorted(BACKENDS)}, got {name!r}")
     if name == "numba" and device.type != "cpu":
@@ -135,7 +134,7 @@ def _backend_name(name: str, device: torch.device, batch: int) -> str:
 
 
 def _backend(model: WaveNet, weights: InferenceWeights, batch: int, name: str):
-    name = _backend_name(name, weights.conv_w.device, batch)
+    name = _backend_name(name, weights.conv_w.device)
     return BACKENDS[name](weights, model.distribution, batch)
 
 

@@ -1,12 +1,14 @@
 """Fused CPU generation kernel: the whole queued per-sample loop compiled with numba.
 
 Eager PyTorch spends about a hundred kernel dispatches per sample; here one compiled
-call runs a chunk of steps, with the weights streamed by register-blocked float32
-matrix-vector products. Several streams: one thread per group of streams. One stream:
-its weights are split between the cores ("parts"), each part streaming only its share
-from cache, and the parts swap partial sums at a lock-free barrier once per layer.
-It computes the same float32 arithmetic as `TorchQueuedBackend` (up to summation order)
-and draws samples with the exact algorithms documented in `wavekit.distributions`.
+call runs a span of steps. Several streams: one thread per group of streams, and every
+layer of a step is a matrix product over the group's streams (`gemm.gemm_panels`), so
+each weight read from cache serves every stream of the group. One stream: its weights
+are split between the cores ("parts"), each part computing its share of every product,
+and the parts swap partial sums at a lock-free barrier once per layer. Exponentials
+are evaluated in plain arithmetic (`_exp`), so their loops vectorize.
+It computes the same float32 arithmetic as `TorchQueuedBackend` (up to summation order
+and a 2-ulp exp) and draws samples with the exact algorithms in `wavekit.distributions`.
 """
 
 from __future__ import annotations
@@ -149,20 +151,23 @@ def _pool(workers: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="wavekit-gen")
 
 
-@numba.njit(boundscheck=False)
+@numba.njit(boundscheck=False, error_model="numpy")
 def _inverse_cdf(logits, first, count, temperature, u, weights):
     """Index in [0, count) drawn from softmax(logits[first:first+count] / T) at uniform u.
 
-    `weights` is scratch space of at least `count` floats (each exp is computed once).
+    `weights` is scratch space of at least `count` floats. IEEE arithmetic (no fast-math:
+    the division and the float64 running sum round as the reference's do); the exp loop
+    vectorizes.
     """
     m = np.float32(-np.inf)
     for j in range(count):
-        z = logits[first + j] / temperature
-        if z > m:
-            m = z
+        weights[j] = logits[first + j] / temperature
+        if weights[j] > m:
+            m = weights[j]
+    for j in range(count):
+        weights[j] = _exp(weights[j] - m)
     total = 0.0
     for j in range(count):
-        weights[j] = _exp(logits[first + j] / temperature - m)
         total += np.float64(weights[j])
     threshold = np.float64(u) * total
     cdf = 0.0

@@ -2,8 +2,8 @@
 
 Every dilated layer keeps a ring buffer of its last `dilation * (kernel_size - 1)` inputs,
 so one step costs O(layers) small matrix products instead of a pass over the whole
-receptive field. This is the portable path and the one that wins for large batches,
-where each step's products are real GEMMs.
+receptive field. This is the portable path: the GPU's, and the reference the CPU
+kernel (`numba_backend`) is checked against.
 """
 
 from __future__ import annotations
