@@ -210,7 +210,8 @@ def _run_group(
     res_skip_p [P, L, ., Hp, 16] (its gate columns), out1_p and out2_p [P, ., S, 16] (its
     rows). bias [B, 1 or T', L, P, 2 * Hp] is the gate bias without the mel term, which
     comes from the upsampled mel `cond` [B, T', M] (M = 0: none) step by step. Every
-    part keeps a full copy of the residual stream and its queues [B, P, Q, R]; partial
+    part keeps a full copy of the residual stream and its queues [P, Q, B, R] (slot-major,
+    so a slot's rows for the group's streams are adjacent in memory); partial
     sums meet in `exchange` [P, L + 3, last - first, W], always added in part order, so all
     parts agree bit for bit. `temperatures` [B] holds each stream's sampling temperature.
     Row k is read right after barrier k, before the reader publishes barrier k + 1; a
@@ -265,10 +266,10 @@ def _run_group(
                 for j in range(kernel_size - 1):
                     slot = base + (t - (kernel_size - 1 - j) * d) % span
                     for i in range(residual):
-                        taps[b, j * residual + i] = queues[first + b, part, slot, i]
+                        taps[b, j * residual + i] = queues[part, slot, first + b, i]
                 for i in range(residual):
                     taps[b, newest + i] = x[b, i]
-                    queues[first + b, part, write, i] = x[b, i]
+                    queues[part, write, first + b, i] = x[b, i]
                 for i in range(gate_part):
                     gates[b, i] = bias[first + b, bias_t, l, part, i]
             if mel > 0:
@@ -358,7 +359,7 @@ class NumbaQueuedBackend:
         self.queue_offsets = np.concatenate([[0], np.cumsum(spans)[:-1]]).astype(np.int64)
         self.dilations = np.asarray(weights.dilations, dtype=np.int64)
         self.parts = self._parts_for(batch)
-        self.queues = np.zeros((batch, self.parts, sum(spans), weights.residual_channels), np.float32)
+        self.queues = np.zeros((self.parts, sum(spans), batch, weights.residual_channels), np.float32)
         self.first_bin = 0 if self.is_mol else weights.silence_bin  # the input before a stream's first step
         self.previous_bin = np.full(batch, self.first_bin, np.int64)
         self.previous_value = np.zeros(batch, np.float32)
@@ -403,7 +404,7 @@ class NumbaQueuedBackend:
     @property
     def batch(self) -> int:
         """How many streams the state holds."""
-        return self.queues.shape[0]
+        return self.queues.shape[2]
 
     def add_streams(self, count: int) -> None:
         """Append `count` fresh streams: silence before them, their first sample at the next step.
@@ -411,8 +412,8 @@ class NumbaQueuedBackend:
         Every queue slot a new stream reads before writing it holds zeros, the same as a
         stream started at step 0, so its samples do not depend on when it joined.
         """
-        _, parts, length, channels = self.queues.shape
-        self.queues = np.concatenate([self.queues, np.zeros((count, parts, length, channels), np.float32)])
+        parts, length, _, channels = self.queues.shape
+        self.queues = np.concatenate([self.queues, np.zeros((parts, length, count, channels), np.float32)], axis=2)
         self.previous_bin = np.concatenate([self.previous_bin, np.full(count, self.first_bin, np.int64)])
         self.previous_value = np.concatenate([self.previous_value, np.zeros(count, np.float32)])
         self._repartition()
@@ -420,7 +421,7 @@ class NumbaQueuedBackend:
     def keep_streams(self, indices: Sequence[int]) -> None:
         """Keep only the streams at `indices`, in that order (the others are dropped)."""
         index = np.asarray(indices, dtype=np.int64).reshape(-1)
-        self.queues = np.ascontiguousarray(self.queues[index])
+        self.queues = np.ascontiguousarray(self.queues[:, :, index])
         self.previous_bin = self.previous_bin[index]
         self.previous_value = self.previous_value[index]
         self._repartition()
@@ -429,7 +430,7 @@ class NumbaQueuedBackend:
         """Re-split the state after the batch changed size: every part holds a full copy of the queues."""
         parts = self._parts_for(self.batch)
         if parts != self.parts:
-            self.queues = np.ascontiguousarray(np.repeat(self.queues[:, :1], parts, axis=1))
+            self.queues = np.ascontiguousarray(np.repeat(self.queues[:1], parts, axis=0))
             self.parts = parts
 
     def run(
