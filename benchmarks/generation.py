@@ -105,6 +105,32 @@ def roofline(device: str) -> None:
             rate = calls * weights / (time.perf_counter() - started) / 1e9
             print(json.dumps({"roofline": "read bandwidth of the weights' size", "threads": count, "gb_per_s": round(rate, 1)}))
         torch.set_num_threads(threads)
+        for rows in (8, 16, 128):  # the kernel's own product, one core, per group of `rows` streams
+            depth, n = g // 2, r + s
+            print(json.dumps({"roofline": "numba micro-kernel, 1 core", "mkn": [rows, depth, n],
+                              "gflops": round(micro_kernel_gflops(rows, depth, n), 1)}))  # fmt: skip
+
+
+def micro_kernel_gflops(rows: int, depth: int, n: int, seconds: float = 0.5) -> float:
+    """Achieved GFLOP/s of `gemm_panels` (the numba kernel's product) on one thread."""
+    import numba
+    import numpy as np
+
+    from wavekit.generation.gemm import gemm_panels, pack_panels, padded
+
+    @numba.njit
+    def repeat(a, panels, c, calls):
+        for _ in range(calls):
+            gemm_panels(a, rows, depth, panels, c)
+
+    a = np.random.rand(rows, depth).astype(np.float32)
+    panels = pack_panels(np.random.rand(n, depth).astype(np.float32))
+    c = np.zeros((rows, padded(n)), np.float32)
+    repeat(a, panels, c, 1)
+    calls = max(1, int(2e9 * seconds / 100 / (2 * rows * depth * n)))
+    started = time.perf_counter()
+    repeat(a, panels, c, calls)
+    return 2 * rows * depth * n * calls / (time.perf_counter() - started) / 1e9
 
 
 def main() -> None:
