@@ -103,6 +103,14 @@ def test_generate_streams_chunks_then_the_wav_and_spectrogram(make_demo):
     assert Path(path).name.startswith("wavekit-seed7-")
 
 
+def test_scratch_folder_keeps_only_the_newest_wavs(make_demo):
+    demo = make_demo(make_model(mel=False), max_queue=2, max_seconds=1.0)
+    paths = [list(demo.generate("speaker 0", None, 0.05, 1.0, seed))[-1][1] for seed in range(7)]
+    kept = sorted(p.name for p in demo.folder.glob("wavekit-seed*.wav"))
+    assert kept == sorted(Path(p).name for p in paths[-4:])  # 2 x max_queue
+    assert all(read_wav(p)[0].shape == (round(0.05 * RATE),) for p in paths[-4:])
+
+
 def test_mel_model_follows_the_reference_cut_to_the_duration(make_demo):
     model = make_model(mel=True)
     demo = make_demo(model, max_seconds=1.0)

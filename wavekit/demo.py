@@ -15,6 +15,7 @@ import math
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -33,6 +34,7 @@ __all__ = ["Demo", "build_demo", "main", "spectrogram_image"]
 
 EXAMPLE_TEXT = "The quick brown fox jumps over the lazy dog."
 MAX_SEED = 2**62
+CACHE_SECONDS = 3600  # Gradio deletes its copies of results this old, checking as often
 # Anchor colours of the spectrogram colour map (dark blue -> purple -> orange -> pale yellow).
 _COLORS = np.array([[0, 0, 4], [81, 18, 124], [183, 55, 121], [252, 137, 97], [252, 253, 191]], np.float32)
 
@@ -113,6 +115,7 @@ class Demo:
         self.speakers = list(self.config.speaker_names) or [f"speaker {i}" for i in range(count)]
         self._scratch = tempfile.TemporaryDirectory(prefix="wavekit-demo-")
         self.folder = Path(self._scratch.name)
+        self._prune_lock = threading.Lock()
         self.example = None
         if self.config.mel_channels:
             self.example = self.folder / "example.wav"
@@ -155,9 +158,21 @@ class Demo:
         elapsed = time.perf_counter() - started
         path = self.folder / f"wavekit-seed{kwargs['seed']}-{uuid.uuid4().hex[:8]}.wav"
         wavio.save(path, clip, self.sample_rate)
+        self._prune_wavs()
         status = f"Generated {total:.2f} s in {elapsed:.2f} s ({total / elapsed:.2f}x real time)."
         image = spectrogram_image(clip, self.sample_rate, ref)
         yield gr.skip() if self.streaming else str(path), str(path), image, status
+
+    def _prune_wavs(self) -> None:
+        """Keep the scratch folder bounded: only the newest 2 x max_queue generated WAVs.
+
+        Gradio copies each output file into its own cache when the handler yields it
+        (and `delete_cache` ages that copy out), so older files here are no longer read.
+        """
+        with self._prune_lock:
+            wavs = sorted(self.folder.glob("wavekit-seed*.wav"), key=lambda p: p.stat().st_mtime_ns)
+            for old in wavs[: -2 * self.max_queue]:
+                old.unlink()
 
     def _request(self, speaker, reference, seconds, temperature, seed) -> tuple[dict, np.ndarray | None]:
         """Check the form's values; returns (engine.submit keyword arguments, cut reference or None)."""
@@ -199,7 +214,7 @@ class Demo:
         if self.speakers:
             summary += f", {len(self.speakers)} speakers"
         default_seconds = min(2.0, self.max_seconds)
-        with gr.Blocks(title="wavekit demo") as page:
+        with gr.Blocks(title="wavekit demo", delete_cache=(CACHE_SECONDS, CACHE_SECONDS)) as page:
             gr.Markdown(
                 f"# wavekit\n{summary}. Audio plays while it is generated; "
                 "everyone's requests share one batched generation."
