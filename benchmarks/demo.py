@@ -6,11 +6,12 @@
     python benchmarks/demo.py --clients 1 4 --seconds 0.5
 
 Starts the demo on 127.0.0.1 (a free port), then for each client count N starts N
-gradio_client clients at once (in a process of their own), each asking for `--seconds` of audio, and prints one JSON
-line: time to the first streamed chunk and to the finished result per client (median,
-p95) and aggregate samples/s. Before that, `engine` lines compare N concurrent engine
-requests with one batched `generate` of N streams (no server). The last line checks the
-target: N_max clients finish in at most 2x the time of one client alone.
+gradio_client clients at once (in a process of their own), each asking for `--seconds`
+of audio, and prints one JSON line: time to the first streamed chunk and to the
+finished result per client (median, p95) and aggregate samples/s. Before that, `engine`
+lines compare N concurrent engine requests with one batched `generate` of N streams (no
+server). The last line checks the target: N_max clients finish in at most 2x the time
+of one client alone.
 """
 
 from __future__ import annotations
@@ -73,8 +74,9 @@ def run_clients(url: str, args: tuple, count: int) -> dict:
     The clients poll their jobs (gradio_client's iterator wakes every millisecond); in the
     server's process that polling would compete with the server for the GIL.
     """
-    results = multiprocessing.get_context("spawn").Queue()
-    process = multiprocessing.get_context("spawn").Process(target=_client_process, args=(url, args, count, results))
+    spawn = multiprocessing.get_context("spawn")
+    results = spawn.Queue()
+    process = spawn.Process(target=_client_process, args=(url, args, count, results))
     process.start()
     try:
         return results.get(timeout=600)

@@ -8,10 +8,12 @@ ones. Each request keeps its own seeded noise generator, conditioning, temperatu
 queue state (`add_streams` / `keep_streams` of the backends), computed exactly as
 `wavekit.generate` does for one stream: a request's audio is the audio of
 `generate(model, num_samples, mel=..., speaker=..., temperature=..., seed=...)`,
-whoever shared the batch and whenever it joined. (One caveat, as between the backends:
-on the numba backend a lone stream is split across the cores, which sums in another
-order; a draw can then differ where the uniform lands within rounding of a bin edge,
-about once in 1e5 samples for 256 classes.)
+whoever shared the batch and whenever it joined. (Two caveats, both about rounding, as
+between the backends: on the numba backend a lone stream is split across the cores,
+which sums in another order; on the torch backend the mel's gate term is one product
+per call over that call's steps, and MKL rounds it differently for other spans. A draw
+can then differ where the uniform lands within rounding of a bin edge, about once in
+1e5 samples for 256 classes.)
 """
 
 from __future__ import annotations

@@ -74,7 +74,8 @@ def _micro_kernel(rows: int):
             broadcast = ir.Constant(ir.VectorType(i32, 8), [0] * 8)
             for r in range(rows):
                 scalar = builder.load(at(pa, builder.add(builder.add(a0, builder.mul(lda_, const(r))), k)))
-                splat = builder.shuffle_vector(builder.insert_element(undef, scalar, ir.Constant(i32, 0)), undef, broadcast)
+                lane0 = builder.insert_element(undef, scalar, ir.Constant(i32, 0))
+                splat = builder.shuffle_vector(lane0, undef, broadcast)
                 for h in range(2):
                     acc[r][h].add_incoming(builder.call(fma, [splat, w[h], acc[r][h]]), body)
             k.add_incoming(builder.add(k, const(1)), body)

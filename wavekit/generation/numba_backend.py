@@ -334,7 +334,8 @@ def _run_group(
                     noise[stream, 0, s], noise[stream, 1, s], class_weights,
                 )  # fmt: skip
             else:
-                prev_bin[b] = _inverse_cdf(params[b], 0, classes, temperatures[stream], noise[stream, 0, s], class_weights)
+                u = noise[stream, 0, s]
+                prev_bin[b] = _inverse_cdf(params[b], 0, classes, temperatures[stream], u, class_weights)
                 value = decode[prev_bin[b]]
             prev_value[b] = value
             if part == 0:
@@ -368,7 +369,8 @@ class NumbaQueuedBackend:
             self.mol = (distribution.mixtures, np.float32(half_levels), distribution.log_scale_min)
         else:
             self.mol = (0, np.float32(0.0), 0.0)
-        self.cpu = {name: getattr(weights, name).detach().cpu().numpy() for name in _WEIGHT_NAMES if getattr(weights, name) is not None}
+        tensors = {name: getattr(weights, name) for name in _WEIGHT_NAMES}
+        self.cpu = {name: t.detach().cpu().numpy() for name, t in tensors.items() if t is not None}
         self.decode = weights.decode_table.cpu().numpy() if len(weights.decode_table) else np.zeros(1, np.float32)
         self.counters = np.zeros(max(self.threads, 1) * _LINE, np.int64)
         self.layouts: dict[int, tuple[np.ndarray, dict[str, np.ndarray]]] = {}
@@ -448,7 +450,10 @@ class NumbaQueuedBackend:
         gate_order, a = self._layout(P)
         classes = a["out2_b"].shape[0]
         bias_np = np.ascontiguousarray(bias.numpy()[..., gate_order].reshape(batch, bias.shape[1], L, P, -1))
-        cond_np = cond.float().transpose(1, 2).contiguous().numpy() if cond is not None else np.zeros((batch, 0, 0), np.float32)
+        if cond is not None:  # [B, M, steps] -> [B, steps, M]: a step's mel row is contiguous
+            cond_np = cond.float().transpose(1, 2).contiguous().numpy()
+        else:
+            cond_np = np.zeros((batch, 0, 0), np.float32)
         noise_np = noise.numpy() if noise is not None else np.zeros((batch, 2, 0), np.float32)
         forced_np = forced.float().numpy() if forced is not None else np.zeros((batch, 0), np.float32)
         if forced is not None and not self.is_mol:
@@ -486,7 +491,9 @@ class NumbaQueuedBackend:
         return torch.from_numpy(out), (torch.from_numpy(params) if forced is not None else None)
 
 
-_WEIGHT_NAMES = ("embed_table", "conv_w", "cond_w", "res_skip_w", "res_b", "skip_b", "out1_w", "out1_b", "out2_w", "out2_b")
+_WEIGHT_NAMES = (
+    "embed_table", "conv_w", "cond_w", "res_skip_w", "res_b", "skip_b", "out1_w", "out1_b", "out2_w", "out2_b",
+)  # fmt: skip
 
 
 def _splittable(weights: InferenceWeights, parts: int) -> bool:
