@@ -16,6 +16,7 @@ import torch
 
 import wavekit.generation as generation
 from wavekit.audio import mulaw_decode, mulaw_encode
+from wavekit.generation.numba_backend import NumbaQueuedBackend
 from wavekit.generation.weights import InferenceWeights
 from wavekit.model import WaveNet, WaveNetConfig
 
@@ -144,6 +145,29 @@ def test_teacher_forced_params_unconditioned(kernel_size, head, backend):
     got = teacher_forced_params(model, audio, backend=backend)
     assert got.shape == expected.shape
     assert (got - expected).abs().max().item() < 1e-4
+
+
+@pytest.mark.parametrize("batch", [1, 5])
+@pytest.mark.parametrize("head", ["mulaw", "mol"])
+def test_teacher_forced_params_with_odd_channel_counts(head, batch):
+    """Widths that are no multiple of the kernel's 16-column panels: the padding must stay
+    out of the result. With two threads a lone stream is split (22 gate pairs, 26 skip
+    rows and 256 or 12 params halve evenly), so each part's share is padded too."""
+    model = make_model(head=head, residual_channels=12, gate_channels=44, skip_channels=26)
+    weights = InferenceWeights.from_model(model)
+    audio = random_audio(batch, 45 * HOP, seed=12)
+    mel = random_mel(batch, 45, seed=13)
+    speaker = [b % SPEAKERS for b in range(batch)]
+    expected = predict(model, audio, mel, speaker)
+    saved = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert NumbaQueuedBackend(weights, model.distribution, batch).parts == (2 if batch == 1 else 1)
+        for backend in BACKENDS:
+            got = teacher_forced_params(model, audio, mel=mel, speaker=speaker, backend=backend)
+            assert (got - expected).abs().max().item() < 1e-4, backend
+    finally:
+        torch.set_num_threads(saved)
 
 
 def _count_bias_spans(monkeypatch) -> list[int]:
