@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import save_file
 
 from wavekit import toy
-from wavekit.model import WaveNet, WaveNetConfig
+from wavekit.model import ConditioningUpsampler, WaveNet, WaveNetConfig
 
 HEADS = ("mulaw", "mol")
 
@@ -348,3 +348,30 @@ def test_from_file_with_a_non_mapping_config_names_the_file(tmp_path):
     save_file({"x": torch.zeros(1)}, str(path), metadata={"wavekit_config": "[1, 2]"})
     with pytest.raises(ValueError, match="odd.safetensors"):
         WaveNet.from_file(path)
+
+
+@pytest.mark.parametrize("scales", [(4, 4, 4, 4), (2, 3), (5,)])
+def test_upsampler_equals_stretch_then_smooth(scales):
+    """The polyphase form computes exactly the nearest-neighbour stretch followed by the
+    zero-padded (2s + 1)-tap convolution, values and gradients, for trained (random) taps."""
+
+    def reference(up, mel):
+        c = mel.unsqueeze(1)
+        for scale, smooth in zip(up.scales, up.smoothers):
+            c = smooth(c.repeat_interleave(scale, dim=-1))
+        return c.squeeze(1)
+
+    torch.manual_seed(0)
+    up = ConditioningUpsampler(scales)
+    with torch.no_grad():
+        for smooth in up.smoothers:
+            smooth.weight.normal_()
+    mel = torch.randn(2, 5, 7, requires_grad=True)
+    expected, got = reference(up, mel), up(mel)
+    assert got.shape == (2, 5, 7 * math.prod(scales))
+    tolerance = 1e-6 * expected.abs().max().item()
+    assert (got - expected).abs().max().item() <= tolerance
+    grads_expected = torch.autograd.grad(expected.square().sum(), [mel, *up.parameters()])
+    grads_got = torch.autograd.grad(got.square().sum(), [mel, *up.parameters()])
+    for a, b in zip(grads_expected, grads_got):
+        assert (a - b).abs().max().item() <= 1e-5 * a.abs().max().item()

@@ -193,7 +193,15 @@ class ResidualLayer(nn.Module):
 
 
 class ConditioningUpsampler(nn.Module):
-    """Mel frames to samples: per scale, a nearest-neighbour stretch then a smoothing convolution."""
+    """Mel frames to samples: per scale, a nearest-neighbour stretch then a smoothing convolution.
+
+    The stretch by s followed by a (2s + 1)-tap smoothing sees at most three frames per
+    output sample, so it is computed in polyphase form: output sample f * s + r is
+    frames f - 1, f, f + 1 weighted by three sums of the smoothing taps (zero frames
+    beyond the ends, as the convolution's zero padding). That is 3 multiply-adds per
+    sample instead of 9 and one pass over the output. The taps live in `smoothers`
+    (Conv2d(1, 1, (1, 2s + 1)) modules, so checkpoints keep their keys).
+    """
 
     def __init__(self, scales: tuple[int, ...]):
         super().__init__()
@@ -204,12 +212,25 @@ class ConditioningUpsampler(nn.Module):
             nn.init.constant_(conv.weight, 1.0 / (2 * scale + 1))
             self.smoothers.append(conv)
 
+    @staticmethod
+    def _phase_weights(taps: Tensor, scale: int) -> Tensor:
+        """[3, scale]: how much frames f - 1, f and f + 1 weigh in output sample f * scale + r."""
+        offsets = torch.arange(-scale, scale + 1, device=taps.device)  # tap j reads stretched sample t + j
+        phases = torch.arange(scale, device=taps.device)
+        frame = torch.div(phases[None, :] + offsets[:, None], scale, rounding_mode="floor")  # -1, 0 or 1
+        which = F.one_hot(frame + 1, 3).to(taps.dtype)  # [taps, scale, 3]
+        return torch.einsum("j,jrk->kr", taps, which)
+
     def forward(self, mel: Tensor) -> Tensor:
         """[B, M, frames] -> [B, M, frames * prod(scales)]."""
-        c = mel.unsqueeze(1)
+        c = mel
         for scale, smooth in zip(self.scales, self.smoothers):
-            c = smooth(c.repeat_interleave(scale, dim=-1))
-        return c.squeeze(1)
+            before, here, after = self._phase_weights(smooth.weight[0, 0, 0], scale)
+            frames = F.pad(c, (1, 1)).unsqueeze(-1)  # [..., frames + 2, 1]
+            stretched = frames[..., 1:-1, :] * here  # [..., frames, scale]
+            stretched = stretched.addcmul(frames[..., :-2, :], before).addcmul(frames[..., 2:, :], after)
+            c = stretched.flatten(-2)
+        return c
 
 
 class WaveNet(nn.Module):

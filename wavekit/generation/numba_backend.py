@@ -209,7 +209,7 @@ def _run_group(
     cond_p [P, L, ., K * R or M, 16] (part p's tanh rows then its sigmoid rows),
     res_skip_p [P, L, ., Hp, 16] (its gate columns), out1_p and out2_p [P, ., S, 16] (its
     rows). bias [B, 1 or T', L, P, 2 * Hp] is the gate bias without the mel term, which
-    comes from the upsampled mel `cond` [B, T', M] (M = 0: none) step by step. Every
+    comes from the upsampled mel `cond` [B, M, T'] (M = 0: none) step by step. Every
     part keeps a full copy of the residual stream and its queues [P, Q, B, R] (slot-major,
     so a slot's rows for the group's streams are adjacent in memory); partial
     sums meet in `exchange` [P, L + 3, last - first, W], always added in part order, so all
@@ -243,7 +243,7 @@ def _run_group(
     logits_mine = np.empty((n, out2_p.shape[1] * PANEL), np.float32)
     params = np.empty((n, classes), np.float32)
     class_weights = np.empty(classes, np.float32)
-    mel = cond.shape[2]
+    mel = cond.shape[1]
     mel_rows = np.empty((n, mel), np.float32)
     prev_bin = previous_bin[first:last].copy()
     prev_value = previous_value[first:last].copy()
@@ -253,7 +253,7 @@ def _run_group(
         bias_t = s if bias_varies else 0
         for b in range(n):
             for i in range(mel):
-                mel_rows[b, i] = cond[first + b, s, i]
+                mel_rows[b, i] = cond[first + b, i, s]
             for i in range(residual):
                 x[b, i] = prev_value[b] * embed[0, i] + embed[1, i] if is_mol else embed[prev_bin[b], i]
         skips[:, :] = 0.0
@@ -450,10 +450,8 @@ class NumbaQueuedBackend:
         gate_order, a = self._layout(P)
         classes = a["out2_b"].shape[0]
         bias_np = np.ascontiguousarray(bias.numpy()[..., gate_order].reshape(batch, bias.shape[1], L, P, -1))
-        if cond is not None:  # [B, M, steps] -> [B, steps, M]: a step's mel row is contiguous
-            cond_np = cond.float().transpose(1, 2).contiguous().numpy()
-        else:
-            cond_np = np.zeros((batch, 0, 0), np.float32)
+        # [B, M, steps] as it comes (often a strided slice of the whole utterance): no copy
+        cond_np = cond.float().numpy() if cond is not None else np.zeros((batch, 0, 0), np.float32)
         noise_np = noise.numpy() if noise is not None else np.zeros((batch, 2, 0), np.float32)
         forced_np = forced.float().numpy() if forced is not None else np.zeros((batch, 0), np.float32)
         if forced is not None and not self.is_mol:
