@@ -71,8 +71,10 @@ def engine_vs_batch(model: WaveNet, engine: BatchingEngine, clients: int, sample
 def run_clients(url: str, args: tuple, count: int) -> dict:
     """`count` clients at once, in a process of their own; each records (first chunk, done) seconds.
 
-    The clients poll their jobs (gradio_client's iterator wakes every millisecond); in the
-    server's process that polling would compete with the server for the GIL.
+    The clients poll their jobs every POLL_S (gradio_client's own iterator wakes every
+    millisecond, which in the server's process competed with the server for the GIL) and
+    leave the output files on the server (`download_files=False`): on a 2-core machine
+    every cycle a client spends is taken from the server. Their CPU time is reported.
     """
     spawn = multiprocessing.get_context("spawn")
     results = spawn.Queue()
