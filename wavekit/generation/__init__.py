@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from wavekit.generation.backend import QueuedBackend
 from wavekit.generation.numba_backend import NumbaQueuedBackend
 from wavekit.generation.torch_backend import TorchQueuedBackend
 from wavekit.generation.weights import InferenceWeights
@@ -133,7 +134,7 @@ def _backend_name(name: str, device: torch.device) -> str:
     return name
 
 
-def _backend(model: WaveNet, weights: InferenceWeights, batch: int, name: str):
+def _backend(model: WaveNet, weights: InferenceWeights, batch: int, name: str) -> QueuedBackend:
     name = _backend_name(name, weights.conv_w.device)
     return BACKENDS[name](weights, model.distribution, batch)
 

@@ -30,6 +30,7 @@ from torch import Tensor
 
 from wavekit.audio import mulaw_encode
 from wavekit.distributions import DiscretizedLogisticMixture, OutputDistribution
+from wavekit.generation.backend import QueuedBackend
 from wavekit.generation.gemm import PANEL, gemm_panels, pack_panels
 from wavekit.generation.weights import InferenceWeights
 from wavekit.model import RESIDUAL_SCALE
@@ -347,8 +348,8 @@ def _run_group(
         previous_value[first:last] = prev_value
 
 
-class NumbaQueuedBackend:
-    """Same contract as `TorchQueuedBackend`, for float32 models on the CPU."""
+class NumbaQueuedBackend(QueuedBackend):
+    """The backend as one compiled kernel, for float32 models on the CPU."""
 
     def __init__(self, weights: InferenceWeights, distribution: OutputDistribution, batch: int):
         self.w = weights
@@ -405,15 +406,9 @@ class NumbaQueuedBackend:
 
     @property
     def batch(self) -> int:
-        """How many streams the state holds."""
         return self.queues.shape[2]
 
     def add_streams(self, count: int) -> None:
-        """Append `count` fresh streams: silence before them, their first sample at the next step.
-
-        Every queue slot a new stream reads before writing it holds zeros, the same as a
-        stream started at step 0, so its samples do not depend on when it joined.
-        """
         parts, length, _, channels = self.queues.shape
         self.queues = np.concatenate([self.queues, np.zeros((parts, length, count, channels), np.float32)], axis=2)
         self.previous_bin = np.concatenate([self.previous_bin, np.full(count, self.first_bin, np.int64)])
@@ -421,7 +416,6 @@ class NumbaQueuedBackend:
         self._repartition()
 
     def keep_streams(self, indices: Sequence[int]) -> None:
-        """Keep only the streams at `indices`, in that order (the others are dropped)."""
         index = np.asarray(indices, dtype=np.int64).reshape(-1)
         self.queues = np.ascontiguousarray(self.queues[:, :, index])
         self.previous_bin = self.previous_bin[index]
@@ -443,7 +437,7 @@ class NumbaQueuedBackend:
         forced: Tensor | None = None,
         cond: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None]:
-        """See `TorchQueuedBackend.run`; the mel term is computed step by step inside the kernel."""
+        # The mel term is a product per layer and step inside the kernel.
         batch = self.batch
         steps = forced.shape[1] if forced is not None else noise.shape[2]
         P, L = self.parts, self.w.num_layers

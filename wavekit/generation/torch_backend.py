@@ -15,12 +15,13 @@ from torch import Tensor
 
 from wavekit.audio import mulaw_encode
 from wavekit.distributions import OutputDistribution
+from wavekit.generation.backend import QueuedBackend
 from wavekit.generation.weights import InferenceWeights
 from wavekit.model import RESIDUAL_SCALE
 
 
-class TorchQueuedBackend:
-    """Queued generator state for `batch` streams; `run` advances all of them together."""
+class TorchQueuedBackend(QueuedBackend):
+    """The backend in eager PyTorch, on the weights' device."""
 
     def __init__(self, weights: InferenceWeights, distribution: OutputDistribution, batch: int):
         self.w = weights
@@ -42,20 +43,13 @@ class TorchQueuedBackend:
 
     @property
     def batch(self) -> int:
-        """How many streams the state holds."""
         return self.previous.shape[0]
 
     def add_streams(self, count: int) -> None:
-        """Append `count` fresh streams: silence before them, their first sample at the next step.
-
-        Every queue slot a new stream reads before writing it holds zeros, the same as a
-        stream started at step 0, so its samples do not depend on when it joined.
-        """
         self.queues = [torch.cat([q, q.new_zeros(count, *q.shape[1:])]) for q in self.queues]
         self.previous = torch.cat([self.previous, self._first_inputs(count)])
 
     def keep_streams(self, indices: Sequence[int]) -> None:
-        """Keep only the streams at `indices`, in that order (the others are dropped)."""
         index = torch.as_tensor(list(indices), dtype=torch.long, device=self.previous.device)
         self.queues = [q.index_select(0, index) for q in self.queues]
         self.previous = self.previous.index_select(0, index)
@@ -101,13 +95,6 @@ class TorchQueuedBackend:
         forced: Tensor | None = None,
         cond: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None]:
-        """Advance `steps` samples. bias [B, 1 or steps, L, G]; noise [B, n, steps].
-
-        `temperature` is one value or one per stream. With `forced` audio [B, steps]
-        (teacher forcing) the given samples are fed back instead of draws, and the
-        per-step params [B, C, steps] are returned too. `cond` is the upsampled mel of
-        these steps [B, M, steps], whose gate term is added to `bias`.
-        """
         steps = forced.shape[1] if forced is not None else noise.shape[2]
         if cond is not None:
             bias = bias + self.w.mel_bias(cond)
