@@ -191,8 +191,8 @@ def test_teacher_forced_params_in_small_bias_spans(monkeypatch, backend):
     audio = random_audio(2, 60, seed=4)
     mel = random_mel(2, 15, seed=5)
     expected = predict(model, audio, mel, [1, 2])
-    per_step = 2 * model.config.layers * model.config.gate_channels
-    monkeypatch.setattr(generation, "BIAS_BUDGET", 7 * per_step)
+    per_step = generation.BACKENDS[backend].floats_per_step(InferenceWeights.from_model(model), 2)
+    monkeypatch.setattr(generation, "SPAN_BUDGET", 7 * per_step)
     spans = _count_bias_spans(monkeypatch)
     got = teacher_forced_params(model, audio, mel=mel, speaker=[1, 2], backend=backend)
     assert spans == [7] * 8 + [4]
@@ -306,8 +306,8 @@ def test_mel_bias_computed_in_many_spans(monkeypatch, backend, spans_of):
     model = make_model(kernel_size=3)
     kwargs = dict(mel=random_mel(2, 15, seed=10), speaker=[2, 2], seed=4, backend=backend)
     expected = generate(model, **kwargs)
-    per_step = 2 * model.config.layers * model.config.gate_channels
-    monkeypatch.setattr(generation, "BIAS_BUDGET", spans_of * per_step)
+    per_step = generation.BACKENDS[backend].floats_per_step(InferenceWeights.from_model(model), 2)
+    monkeypatch.setattr(generation, "SPAN_BUDGET", spans_of * per_step)
     spans = _count_bias_spans(monkeypatch)
     assert torch.equal(generate(model, **kwargs), expected)
     assert max(spans) == spans_of and sum(spans) == 60

@@ -375,3 +375,24 @@ def test_upsampler_equals_stretch_then_smooth(scales):
     grads_got = torch.autograd.grad(got.square().sum(), [mel, *up.parameters()])
     for a, b in zip(grads_expected, grads_got):
         assert (a - b).abs().max().item() <= 1e-5 * a.abs().max().item()
+
+
+@pytest.mark.parametrize("scales", [(4, 4, 4, 4), (2, 3), (5,), (8, 8, 4)])
+@pytest.mark.parametrize("frames", [1, 2, 37])
+def test_upsampler_window_is_a_slice_of_the_whole(scales, frames):
+    """`window` computes only what a span needs, and equals the slice bit for bit (the
+    generator upsamples span by span, and serving must match `generate` exactly)."""
+    torch.manual_seed(frames)
+    up = ConditioningUpsampler(scales)
+    with torch.no_grad():
+        for smooth in up.smoothers:
+            smooth.weight.normal_()
+        mel = torch.randn(2, 3, frames)
+        whole = up(mel)
+        total = whole.shape[-1]
+        bounds = [(0, total), (0, 1), (total - 1, total)] + [
+            tuple(sorted(torch.randint(0, total + 1, (2,)).tolist())) for _ in range(100)
+        ]
+        for start, stop in bounds:
+            if start < stop:
+                assert torch.equal(up.window(mel, start, stop), whole[..., start:stop]), (start, stop)

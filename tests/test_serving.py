@@ -158,10 +158,10 @@ def test_concurrent_mel_requests_equal_generate(engine_factory, monkeypatch):
 
 
 def test_mel_bias_spans_match_generate(engine_factory, monkeypatch):
-    """With a small gate-bias budget the bias comes in many spans; the engine reads across them."""
+    """With a small span budget the mel comes in many spans; the engine reads across them."""
     model = make_model(mel=True)
-    per_step = model.config.layers * model.config.gate_channels
-    monkeypatch.setattr(generation, "BIAS_BUDGET", 7 * per_step)
+    per_step = generation.BACKENDS["numba"].floats_per_step(InferenceWeights.from_model(model), 1)
+    monkeypatch.setattr(generation, "SPAN_BUDGET", 7 * per_step)
     engine = engine_factory(model, step_samples=5, chunk_size=33)
     mel = random_mel(30, seed=1)
     got = engine.submit(mel=mel, speaker=2, seed=5).result()

@@ -221,15 +221,50 @@ class ConditioningUpsampler(nn.Module):
         which = F.one_hot(frame + 1, 3).to(taps.dtype)  # [taps, scale, 3]
         return torch.einsum("j,jrk->kr", taps, which)
 
+    @property
+    def hop(self) -> int:
+        """Samples per frame."""
+        return math.prod(self.scales)
+
+    def _stage(self, c: Tensor, scale: int, smooth: nn.Module, left: Tensor | None, right: Tensor | None) -> Tensor:
+        """One stage over the frames of `c`, whose outer neighbours are `left` / `right` (None: zeros)."""
+        before, here, after = self._phase_weights(smooth.weight[0, 0, 0], scale)
+        zero = torch.zeros_like(c[..., :1])
+        frames = torch.cat([zero if left is None else left, c, zero if right is None else right], dim=-1)
+        frames = frames.unsqueeze(-1)  # [..., frames + 2, 1]
+        stretched = frames[..., 1:-1, :] * here  # [..., frames, scale]
+        stretched = stretched.addcmul(frames[..., :-2, :], before).addcmul(frames[..., 2:, :], after)
+        return stretched.flatten(-2)
+
+    def window(self, mel: Tensor, start: int, stop: int) -> Tensor:
+        """`self(mel)[..., start:stop]`, bit for bit, computing each stage only where the next needs it."""
+        lengths = [mel.shape[-1]]
+        for scale in self.scales:
+            lengths.append(lengths[-1] * scale)
+        needed = [(start, stop)]  # per resolution, from the finest: the positions to compute
+        centres = []  # per stage, from the last: the input positions its needed outputs stretch
+        for scale, length in zip(reversed(self.scales), reversed(lengths[:-1])):
+            a, b = needed[-1]
+            centres.append((a // scale, (b - 1) // scale + 1))
+            needed.append((max(0, centres[-1][0] - 1), min(length, centres[-1][1] + 1)))  # and their neighbours
+        needed.reverse()
+        centres.reverse()
+        lo = needed[0][0]
+        c = mel[..., lo : needed[0][1]]
+        for i, (scale, smooth) in enumerate(zip(self.scales, self.smoothers)):
+            a, b = centres[i]
+            left = c[..., a - lo - 1 : a - lo] if a > 0 else None
+            right = c[..., b - lo : b - lo + 1] if b < lengths[i] else None
+            c = self._stage(c[..., a - lo : b - lo], scale, smooth, left, right)  # positions [a * scale, b * scale)
+            lo, (keep_lo, keep_hi) = a * scale, needed[i + 1]
+            c, lo = c[..., keep_lo - lo : keep_hi - lo], keep_lo
+        return c
+
     def forward(self, mel: Tensor) -> Tensor:
         """[B, M, frames] -> [B, M, frames * prod(scales)]."""
         c = mel
         for scale, smooth in zip(self.scales, self.smoothers):
-            before, here, after = self._phase_weights(smooth.weight[0, 0, 0], scale)
-            frames = F.pad(c, (1, 1)).unsqueeze(-1)  # [..., frames + 2, 1]
-            stretched = frames[..., 1:-1, :] * here  # [..., frames, scale]
-            stretched = stretched.addcmul(frames[..., :-2, :], before).addcmul(frames[..., 2:, :], after)
-            c = stretched.flatten(-2)
+            c = self._stage(c, scale, smooth, None, None)
         return c
 
 

@@ -100,7 +100,7 @@ class _Stream:
 
     def cond(self, steps: int) -> Tensor | None:
         """The upsampled mel of the next `steps` steps [1, M, steps], or None for an unconditioned model."""
-        return None if self.batch.cond is None else self.batch.cond[:, :, self.done : self.done + steps]
+        return self.batch.cond(self.done, self.done + steps)
 
     def noise(self, steps: int) -> Tensor:
         return self.batch.noise(self.noise_channels, steps, torch.device("cpu"))
@@ -262,8 +262,9 @@ class BatchingEngine:
             return
         steps = min(self.step_samples, min(s.remaining for s in active))
         conds = [s.cond(steps) for s in active]
-        if conds[0] is not None:  # per-step mel bias: bounded in memory as in `generate`
-            steps = min(steps, max(1, generation.BIAS_BUDGET // (len(active) * self.weights.conv_b.numel())))
+        if conds[0] is not None:  # bounded in memory as in `generate`
+            per_step = runner.floats_per_step(self.weights, len(active))
+            steps = min(steps, max(1, generation.SPAN_BUDGET // per_step))
             conds = [c[:, :, :steps] for c in conds]
         bias = torch.cat([s.bias for s in active]).to(self._device)
         cond = torch.cat(conds).to(self._device) if conds[0] is not None else None

@@ -22,12 +22,12 @@ from wavekit.generation.backend import QueuedBackend
 from wavekit.generation.numba_backend import NumbaQueuedBackend
 from wavekit.generation.torch_backend import TorchQueuedBackend
 from wavekit.generation.weights import InferenceWeights
-from wavekit.model import WaveNet
+from wavekit.model import ConditioningUpsampler, WaveNet
 
 __all__ = ["generate", "stream", "naive_generate", "teacher_forced_params", "BACKENDS"]
 
 BACKENDS = {"torch": TorchQueuedBackend, "numba": NumbaQueuedBackend}
-BIAS_BUDGET = 1 << 22  # floats of per-step gate bias computed at once when mel-conditioned
+SPAN_BUDGET = 1 << 22  # floats a backend holds at once for a span of mel-conditioned steps
 CHUNK_SIZE = 16000  # samples per chunk `stream` yields by default
 
 Progress = bool | Callable[[int, int], None]
@@ -38,7 +38,9 @@ class _Batch:
     """A validated batch of streams, ready for any generator."""
 
     lengths: list[int]
-    cond: Tensor | None  # upsampled mel [B, M, T]
+    mel: Tensor | None  # mel frames [B, M, F], each stream's zero padded to the longest
+    mel_frames: list[int]  # each stream's own number of frames
+    upsampler: ConditioningUpsampler | None
     speaker_embedding: Tensor | None  # [B, E]
     generators: list[torch.Generator]
     temperature: float
@@ -50,6 +52,27 @@ class _Batch:
     @property
     def total(self) -> int:
         return max(self.lengths)
+
+    def cond(self, start: int, stop: int) -> Tensor | None:
+        """The upsampled mel of steps [start, stop), [B, M, stop - start], or None without a mel.
+
+        Upsampled span by span from just the frames a span depends on, so memory follows
+        the span, not the utterance; bit for bit a slice of the whole upsampled mel. Mels
+        of different lengths are upsampled one by one (zeros past a stream's own end), so
+        padding never smooths into a shorter stream.
+        """
+        if self.mel is None:
+            return None
+        with torch.no_grad():
+            if len(set(self.mel_frames)) == 1:
+                return self.upsampler.window(self.mel, start, stop)
+            cond = self.mel.new_zeros(self.size, self.mel.shape[1], stop - start)
+            hop = self.upsampler.hop
+            for b, frames in enumerate(self.mel_frames):
+                end = min(stop, frames * hop)
+                if start < end:
+                    cond[b, :, : end - start] = self.upsampler.window(self.mel[b, :, :frames], start, end)
+            return cond
 
     def noise(self, channels: int, steps: int, device: torch.device) -> Tensor:
         """The next `steps` uniforms of every stream: [B, channels, steps]."""
@@ -110,17 +133,15 @@ def _prepare(
     total, mel, speaker = model.check_conditioning(batch, num_samples, mel, speaker)
     lengths = lengths if lengths and len(lengths) == batch else [total] * batch
     with torch.no_grad():
-        if mel_list is None:
-            cond, speaker_embedding = model.conditioning(mel, speaker)
-        else:  # each mel upsampled on its own, so padding never smooths into a shorter stream
-            _, speaker_embedding = model.conditioning(None, speaker)
-            cond = torch.zeros(batch, channels, total, device=mel.device)
-            for b, frames in enumerate(mel_list):
-                cond[b, :, : lengths[b]] = model.upsampler(frames.to(cond)[None])[0]
+        _, speaker_embedding = model.conditioning(None, speaker)
+    if mel_list is not None:
+        mel_frames = [m.shape[1] for m in mel_list]
+    else:
+        mel_frames = [mel.shape[2] if mel is not None else 0] * batch
     if seed is None:
         seed = int(torch.randint(0, 2**62, ()).item())
     generators = [torch.Generator().manual_seed(seed + b) for b in range(batch)]
-    return _Batch(lengths, cond, speaker_embedding, generators, float(temperature))
+    return _Batch(lengths, mel, mel_frames, model.upsampler, speaker_embedding, generators, float(temperature))
 
 
 def _backend_name(name: str, device: torch.device) -> str:
@@ -139,20 +160,19 @@ def _backend(model: WaveNet, weights: InferenceWeights, batch: int, name: str) -
     return BACKENDS[name](weights, model.distribution, batch)
 
 
-def _spans(batch: _Batch, weights: InferenceWeights, start: int, stop: int) -> Iterator[tuple[int, int, Tensor | None]]:
+def _spans(batch: _Batch, per_step: int, start: int, stop: int) -> Iterator[tuple[int, int, Tensor | None]]:
     """(span start, span stop, upsampled mel of the span or None) pieces covering [start, stop).
 
-    Spans are sized so that a backend that materializes the span's per-step gate bias
-    (the torch backend) stays within BIAS_BUDGET floats.
+    With a mel, spans hold at most SPAN_BUDGET floats at `per_step` floats per step (the
+    backend's `floats_per_step`).
     """
-    if batch.cond is None:
+    if batch.mel is None:
         yield start, stop, None
         return
-    per_step = batch.size * weights.conv_b.numel()
-    step = max(1, BIAS_BUDGET // per_step)
+    step = max(1, SPAN_BUDGET // per_step)
     for a in range(start, stop, step):
         b = min(stop, a + step)
-        yield a, b, batch.cond[:, :, a:b]
+        yield a, b, batch.cond(a, b)
 
 
 def _progress_callback(
@@ -220,7 +240,7 @@ def _chunks(
         for start in range(0, batch.total, chunk_size):
             stop = min(batch.total, start + chunk_size)
             pieces = []
-            for a, b, cond in _spans(batch, weights, start, stop):
+            for a, b, cond in _spans(batch, runner.floats_per_step(weights, batch.size), start, stop):
                 noise = batch.noise(noise_channels, b - a, bias.device)
                 pieces.append(runner.run(bias, noise, batch.temperature, cond=cond)[0])
             update(stop)
@@ -262,7 +282,7 @@ def teacher_forced_params(
     runner = _backend(model, weights, batch.size, backend)
     bias = weights.static_bias(batch.speaker_embedding, batch.size)
     params = []
-    for a, b, cond in _spans(batch, weights, 0, batch.total):
+    for a, b, cond in _spans(batch, runner.floats_per_step(weights, batch.size), 0, batch.total):
         params.append(runner.run(bias, None, 1.0, forced=audio[:, a:b].to(bias.device), cond=cond)[1])
     return torch.cat(params, dim=2)
 
@@ -291,7 +311,7 @@ def naive_generate(
     noise = batch.noise(model.distribution.noise_channels, batch.total, device)
     for t in range(batch.total):
         start = max(0, t - field + 1)
-        cond = batch.cond[:, :, start : t + 1] if batch.cond is not None else None
+        cond = batch.cond(start, t + 1)
         params = model(previous[:, start : t + 1], cond, batch.speaker_embedding)[:, :, -1]
         previous[:, t + 1] = model.distribution.sample_from_uniform(params, noise[:, :, t], batch.temperature)
     return batch.mask(previous[:, 1:], 0)

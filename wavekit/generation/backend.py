@@ -12,9 +12,19 @@ from collections.abc import Sequence
 
 from torch import Tensor
 
+from wavekit.generation.weights import InferenceWeights
+
 
 class QueuedBackend(ABC):
     """Queued generator state for a batch of streams; `run` advances all of them together."""
+
+    @staticmethod
+    @abstractmethod
+    def floats_per_step(weights: InferenceWeights, streams: int) -> int:
+        """Floats `run` holds per step of a mel-conditioned span of `streams` streams.
+
+        Callers size their spans by it (`generation.SPAN_BUDGET`), bounding memory.
+        """
 
     @property
     @abstractmethod

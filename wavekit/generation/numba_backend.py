@@ -404,6 +404,11 @@ class NumbaQueuedBackend(QueuedBackend):
             }
         return self.layouts[parts]
 
+    @staticmethod
+    def floats_per_step(weights: InferenceWeights, streams: int) -> int:
+        mel = weights.cond_w.shape[1] if weights.cond_w is not None else 0
+        return streams * max(1, mel)  # only the upsampled mel [B, M, T']: the kernel adds its term itself
+
     @property
     def batch(self) -> int:
         return self.queues.shape[2]

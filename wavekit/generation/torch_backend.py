@@ -41,6 +41,10 @@ class TorchQueuedBackend(QueuedBackend):
             return torch.full((count,), self.w.silence_bin, dtype=torch.long, device=device)
         return torch.zeros(count, device=device)
 
+    @staticmethod
+    def floats_per_step(weights: InferenceWeights, streams: int) -> int:
+        return streams * weights.conv_b.numel()  # the per-step gate bias [B, T', L, G]
+
     @property
     def batch(self) -> int:
         return self.previous.shape[0]
