@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from wavekit import generation
-from wavekit.generation import BACKENDS, _backend_name, _Batch, _prepare
+from wavekit.generation import BACKENDS, CHUNK_SIZE, _backend_name, _Batch, _prepare
 from wavekit.generation.weights import InferenceWeights
 from wavekit.model import WaveNet
 
@@ -91,6 +91,7 @@ class _Stream:
         self.done = 0
         self.noise_channels = noise_channels
         self.bias = weights.static_bias(batch.speaker_embedding, 1)  # [1, 1, L, G]
+        self.cond_block: tuple[int, Tensor | None] = (0, None)  # (first step, upsampled mel from there)
         self.pending: list[np.ndarray] = []
         self.pending_samples = 0
 
@@ -99,8 +100,19 @@ class _Stream:
         return self.total - self.done
 
     def cond(self, steps: int) -> Tensor | None:
-        """The upsampled mel of the next `steps` steps [1, M, steps], or None for an unconditioned model."""
-        return self.batch.cond(self.done, self.done + steps)
+        """The upsampled mel of the next `steps` steps [1, M, steps], or None for an unconditioned model.
+
+        Upsampled a block of CHUNK_SIZE steps at a time: the engine's steps are short, and
+        upsampling each of them for each stream would cost more than the slicing.
+        """
+        if self.batch.mel is None:
+            return None
+        first, block = self.cond_block
+        if block is None or self.done + steps > first + block.shape[2]:
+            first = self.done
+            block = self.batch.cond(first, min(self.total, first + max(steps, CHUNK_SIZE)))
+            self.cond_block = first, block
+        return block[:, :, self.done - first : self.done - first + steps]
 
     def noise(self, steps: int) -> Tensor:
         return self.batch.noise(self.noise_channels, steps, torch.device("cpu"))
