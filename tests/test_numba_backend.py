@@ -5,7 +5,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from wavekit.generation.numba_backend import _exp, _sigmoid, _tanh
+from wavekit.generation.numba_backend import _exp, _inverse_cdf, _sigmoid, _tanh
 
 
 @numba.njit
@@ -24,9 +24,9 @@ def test_exp_within_two_ulp():
     assert (np.abs(got - exact) <= 2 * ulp).all()
 
 
-def test_exp_saturates_instead_of_overflowing():
-    got = _apply(0, np.array([-1e4, -100.0, 100.0, 1e4], np.float32))
-    assert np.isfinite(got).all() and got[0] == got[1] and 0 < got[0] < 1e-37 and got[2] == got[3] > 1e38
+def test_exp_underflows_to_zero_and_saturates_instead_of_overflowing():
+    got = _apply(0, np.array([-1e4, -100.0, -88.0, 100.0, 1e4], np.float32))
+    assert got[:3].tolist() == [0.0, 0.0, 0.0] and got[3] == got[4] > 1e38 and np.isfinite(got).all()
 
 
 def test_sigmoid_and_tanh_within_2e7():
@@ -37,3 +37,13 @@ def test_sigmoid_and_tanh_within_2e7():
     assert np.abs(_apply(1, x) - sigmoid).max() < 2e-7
     assert np.abs(_apply(2, x) - np.tanh(wide)).max() < 2e-7
     assert _apply(2, np.array([1e4, -1e4], np.float32)).tolist() == [1.0, -1.0]
+
+
+def test_inverse_cdf_skips_zero_probability_bins_like_the_reference():
+    """Bins whose exp underflows have probability 0 and are never drawn, even at u = 0, as in
+    `MuLawCategorical.sample_from_uniform` (a clamped exp would give them ~1e-38 and draw bin 0)."""
+    logits = np.full(8, -1e4, np.float32)
+    logits[2:6] = [0.0, 1.0, -1.0, 0.5]
+    scratch = np.empty(8, np.float32)
+    drawn = [_inverse_cdf(logits, 0, 8, np.float32(1.0), np.float32(u), scratch) for u in (0.0, 1.0 - 2**-24)]
+    assert drawn == [2, 5]

@@ -96,10 +96,12 @@ def _exp(x):
     """expf within 2 ulp (Cephes' polynomial), in plain arithmetic so loops over it vectorize.
 
     libm's scalar expf and tanhf were most of the kernel's time; inlined into a loop,
-    this becomes 8-wide vector code.
+    this becomes 8-wide vector code. Below about -87.7 it returns exactly 0 (the exponent
+    field reaches 0), so a softmax bin whose weight underflows keeps probability 0, as in
+    the reference; above 88 it saturates at exp(88).
     """
     x = np.float32(88.0) if x > np.float32(88.0) else x
-    x = np.float32(-87.0) if x < np.float32(-87.0) else x
+    x = np.float32(-88.0) if x < np.float32(-88.0) else x
     k = np.floor(x * np.float32(1.44269504) + np.float32(0.5))
     r = x - k * np.float32(0.693359375) + k * np.float32(2.12194440e-4)
     p = np.float32(1.9875691500e-4)
