@@ -4,6 +4,7 @@
     python benchmarks/generation.py --quick    # a smoke run
     python benchmarks/generation.py --device cuda
     python benchmarks/generation.py --roofline # the machine's limits that bound the figures
+    python benchmarks/generation.py --vocoder  # the bundled mel vocoder, upsampling included
 
 Prints one JSON line per case: samples_per_s (all streams together), real_time_factor at
 16 kHz (how many real-time streams that is) and useful GFLOP/s (the incremental
@@ -111,6 +112,28 @@ def roofline(device: str) -> None:
                               "gflops": round(micro_kernel_gflops(rows, depth, n), 1)}))  # fmt: skip
 
 
+def vocoder(device: str, seconds: float = 10.0) -> None:
+    """The bundled model vocoding `seconds` of random mel frames per stream, from frames to audio."""
+    from wavekit import hub
+
+    model = hub.load("default", device=device)
+    cfg = model.config
+    frames = int(seconds * cfg.sample_rate) // cfg.hop_length
+    for batch in (1, 16):
+        mel = torch.randn(batch, cfg.mel_channels, frames, generator=torch.Generator().manual_seed(0)).to(device)
+        generate(model, mel=mel[:, :, :4], speaker=[0] * batch, seed=0)  # compile / warm up
+        started = time.perf_counter()
+        audio = generate(model, mel=mel, speaker=[0] * batch, seed=0)
+        elapsed = time.perf_counter() - started
+        rate = audio.numel() / elapsed
+        print(json.dumps({
+            "model": "default (bundled vocoder: mel + speaker)", "batch": batch, "device": device,
+            "seconds_of_audio_each": round(audio.shape[1] / cfg.sample_rate, 2), "wall_s": round(elapsed, 3),
+            "samples_per_s": round(rate, 1), "real_time_factor": round(rate / cfg.sample_rate, 2),
+            "gflops": round(rate * cfg.flops_per_sample / 1e9, 2),
+        }), flush=True)  # fmt: skip
+
+
 def micro_kernel_gflops(rows: int, depth: int, n: int, seconds: float = 0.5) -> float:
     """Achieved GFLOP/s of `gemm_panels` (the numba kernel's product) on one thread."""
     import numba
@@ -138,9 +161,13 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--quick", action="store_true", help="short runs, fewer cases")
     parser.add_argument("--roofline", action="store_true", help="print the machine's limits and stop")
+    parser.add_argument("--vocoder", action="store_true", help="the bundled mel vocoder, upsampling included, and stop")
     args = parser.parse_args()
     if args.roofline:
         roofline(args.device)
+        return
+    if args.vocoder:
+        vocoder(args.device)
         return
     seconds = 0.5 if args.quick else 3.0
     methods = ["numba", "torch", "naive"] if args.device == "cpu" else ["torch", "naive"]
