@@ -170,7 +170,7 @@ def test_teacher_forced_params_with_odd_channel_counts(head, batch):
         torch.set_num_threads(saved)
 
 
-def _count_bias_spans(monkeypatch) -> list[int]:
+def _count_mel_spans(monkeypatch) -> list[int]:
     """Record the number of steps of every mel span the generator hands its backend."""
     spans: list[int] = []
     original = generation._spans
@@ -186,14 +186,14 @@ def _count_bias_spans(monkeypatch) -> list[int]:
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_teacher_forced_params_in_small_bias_spans(monkeypatch, backend):
+def test_teacher_forced_params_in_small_mel_spans(monkeypatch, backend):
     model = make_model(kernel_size=3, head="mol")
     audio = random_audio(2, 60, seed=4)
     mel = random_mel(2, 15, seed=5)
     expected = predict(model, audio, mel, [1, 2])
     per_step = generation.BACKENDS[backend].floats_per_step(InferenceWeights.from_model(model), 2)
     monkeypatch.setattr(generation, "SPAN_BUDGET", 7 * per_step)
-    spans = _count_bias_spans(monkeypatch)
+    spans = _count_mel_spans(monkeypatch)
     got = teacher_forced_params(model, audio, mel=mel, speaker=[1, 2], backend=backend)
     assert spans == [7] * 8 + [4]
     assert (got - expected).abs().max().item() < 1e-4
@@ -302,13 +302,13 @@ def test_stream_unconditioned_model(head):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("spans_of", [1, 5])
-def test_mel_bias_computed_in_many_spans(monkeypatch, backend, spans_of):
+def test_mel_upsampled_in_many_spans(monkeypatch, backend, spans_of):
     model = make_model(kernel_size=3)
     kwargs = dict(mel=random_mel(2, 15, seed=10), speaker=[2, 2], seed=4, backend=backend)
     expected = generate(model, **kwargs)
     per_step = generation.BACKENDS[backend].floats_per_step(InferenceWeights.from_model(model), 2)
     monkeypatch.setattr(generation, "SPAN_BUDGET", spans_of * per_step)
-    spans = _count_bias_spans(monkeypatch)
+    spans = _count_mel_spans(monkeypatch)
     assert torch.equal(generate(model, **kwargs), expected)
     assert max(spans) == spans_of and sum(spans) == 60
     spans.clear()

@@ -157,7 +157,7 @@ def test_concurrent_mel_requests_equal_generate(engine_factory, monkeypatch):
     assert max(sizes) >= 2
 
 
-def test_mel_bias_spans_match_generate(engine_factory, monkeypatch):
+def test_mel_spans_match_generate(engine_factory, monkeypatch):
     """With a small span budget the mel comes in many spans; the engine reads across them."""
     model = make_model(mel=True)
     per_step = generation.BACKENDS["numba"].floats_per_step(InferenceWeights.from_model(model), 1)
