@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import soundfile as sf
 import torch
@@ -85,6 +86,7 @@ def models(tmp_path_factory):
     t = torch.arange(8000) / 16000
     sf.write(root / "ref.wav", (0.5 * torch.sin(2 * torch.pi * 220 * t)).numpy(), 16000)
     (root / "text.wav").write_text("not audio")
+    sf.write(root / "blip.wav", np.zeros(100, np.float32), 16000)  # shorter than one 256-sample frame
     return root
 
 
@@ -132,6 +134,7 @@ def test_synth_unconditional_model_takes_seconds(models, tmp_path):
         (["--checkpoint", "{m}/plain.safetensors", "--speaker", "ann"], "--speaker"),
         (["--checkpoint", "{m}/vocoder.safetensors"], "--mel-from"),
         (["--checkpoint", "{m}/vocoder.safetensors", "--mel-from", "{m}/text.wav"], "text.wav"),
+        (["--checkpoint", "{m}/vocoder.safetensors", "--mel-from", "{m}/blip.wav"], "blip.wav: 100 samples"),
         (["--checkpoint", "{m}/plain.safetensors", "--out", "{m}/no-dir/x.wav"], "no-dir"),
         (["--checkpoint", "{m}/plain.safetensors", "--device", "cuda:0"] if not torch.cuda.is_available()
          else ["--checkpoint", "{m}/plain.safetensors", "--device", "tpu"], "--device"),

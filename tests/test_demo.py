@@ -92,6 +92,7 @@ def test_generate_streams_chunks_then_the_wav_and_spectrogram(make_demo):
     assert [len(c) for c, _ in chunks] == [RATE, RATE // 2] and {r for _, r in chunks} == {RATE}
     assert all(u[1] == gr.skip() and u[2] == gr.skip() for u in updates[:2])
     audio, path, image, status = updates[-1]
+    assert audio == gr.skip()  # the player already holds every chunk
     clip, rate = read_wav(path)
     assert rate == RATE and clip.shape == (12000,)
     expected = generate(model, 12000, speaker=1, temperature=0.9, seed=7)[0].numpy()
@@ -168,6 +169,29 @@ def test_example_recording_without_flite_is_a_tone(tmp_path, monkeypatch):
     app._example_recording(tmp_path / "tone.wav", RATE)
     tone = wavio.load(tmp_path / "tone.wav", RATE)
     assert len(tone) == 2 * RATE and 0.1 < tone.abs().max() <= 0.31
+
+
+def test_example_recording_falls_back_to_a_tone_when_flite_fails(tmp_path, monkeypatch):
+    def hang(*args, **kwargs):
+        raise subprocess.TimeoutExpired(args[0], 60)
+
+    monkeypatch.setattr(shutil, "which", lambda name: "/usr/bin/flite")
+    monkeypatch.setattr(subprocess, "run", hang)
+    app._example_recording(tmp_path / "tone.wav", RATE)
+    assert len(wavio.load(tmp_path / "tone.wav", RATE)) == 2 * RATE
+
+
+def test_closing_a_demo_leaves_a_shared_engine_running():
+    model = make_model(mel=False, speakers=0)
+    with BatchingEngine(model, max_batch=2, step_samples=200) as shared:
+        first, second = app.Demo(model, engine=shared), app.Demo(model, engine=shared)
+        first.close()
+        assert len(shared.submit(num_samples=100, seed=0).result()) == 100
+        second.close()
+    own = app.Demo(model)
+    own.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        own.engine.submit(num_samples=100)
 
 
 def test_bad_demo_arguments():

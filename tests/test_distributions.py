@@ -154,6 +154,23 @@ def test_sample_is_sample_from_uniform_with_torch_rand():
     torch.testing.assert_close(dist.sample(params, 0.8, generator=_gen(7)), expected)
 
 
+@pytest.mark.parametrize("half", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize(
+    "dist", [MuLawCategorical(256), DiscretizedLogisticMixture(3, bits=16)], ids=["mulaw", "mol16"]
+)
+def test_half_precision_params_sample_as_float32(dist, half):
+    """Half params are promoted like log_prob's: float16 rounds 1 - 1e-5 to 1, and the top 16-bit bin to inf."""
+    params = torch.randn(2, dist.params_channels, 40, generator=_gen(3)).to(half)
+    uniform = torch.rand(2, dist.noise_channels, 40, generator=_gen(4))
+    uniform[:, :, 0] = 0.99999  # the logistic's far right tail: the top bin
+    got = dist.sample_from_uniform(params, uniform.to(half), 0.9)
+    expected = dist.sample_from_uniform(params.float(), uniform.to(half).float(), 0.9)
+    assert got.dtype == torch.float32 and torch.equal(got, expected)
+    assert torch.isin(got, dist.bin_centers()).all()
+    drawn = dist.sample(params, 0.9, generator=_gen(5))
+    assert drawn.dtype == torch.float32 and torch.isin(drawn, dist.bin_centers()).all()
+
+
 # ------------------------------------------------------- discretized logistic mixture
 
 _PARAM_SETS = {

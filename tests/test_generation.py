@@ -542,6 +542,7 @@ def test_bad_arguments_raise_naming_them(kwargs, argument):
         (dict(num_samples=-5), "num_samples"),
         (dict(num_samples=[30, -1]), "num_samples"),
         (dict(batch_size=0), "batch_size"),
+        (dict(batch_size=True), "batch_size"),
         (dict(temperature=0.0), "temperature"),
     ],
 )
@@ -557,7 +558,7 @@ def test_bad_arguments_unconditioned_model(kwargs, argument):
 
 def test_bad_chunk_size_and_backend():
     model = make_model(mel=False, speakers=False)
-    for chunk_size in (0, -1):
+    for chunk_size in (0, -1, True, 2.0):
         with raises_naming("chunk_size"):
             next(iter(stream(model, 10, chunk_size=chunk_size)))
     with raises_naming("backend"):

@@ -87,9 +87,19 @@ def test_corrupt_files_raise_value_error_naming_them(tmp_path, content):
             load(tmp_path / name)
 
 
-def test_checkpoint_of_something_else_is_refused(tmp_path):
-    torch.save({"state_dict": {"layer.weight": torch.zeros(2)}}, tmp_path / "other.ckpt")
-    with pytest.raises(ValueError, match="not a wavekit training checkpoint"):
+@pytest.mark.parametrize(
+    "content",
+    [
+        {"state_dict": {"layer.weight": torch.zeros(2)}},
+        torch.zeros(3),
+        [1, 2],
+        {"hyper_parameters": {"model": {}}, "state_dict": torch.zeros(2)},
+    ],
+    ids=["other-model", "tensor", "list", "state-dict-not-a-dict"],
+)
+def test_checkpoint_of_something_else_is_refused(tmp_path, content):
+    torch.save(content, tmp_path / "other.ckpt")
+    with pytest.raises(ValueError, match="other.ckpt: not a wavekit training checkpoint"):
         load(tmp_path / "other.ckpt")
 
 

@@ -161,10 +161,20 @@ def test_mel_spans_match_generate(engine_factory, monkeypatch):
     """With a small span budget the mel comes in many spans; the engine reads across them."""
     model = make_model(mel=True)
     per_step = generation.BACKENDS["numba"].floats_per_step(InferenceWeights.from_model(model), 1)
-    monkeypatch.setattr(generation, "SPAN_BUDGET", 7 * per_step)
-    engine = engine_factory(model, step_samples=5, chunk_size=33)
+    monkeypatch.setattr(generation, "SPAN_BUDGET", 14 * per_step)
+    upsampled: list[int] = []
+    original = generation._Batch.cond
+
+    def cond(self, start, stop):
+        upsampled.append(stop - start)
+        return original(self, start, stop)
+
+    monkeypatch.setattr(generation._Batch, "cond", cond)
+    engine = engine_factory(model, max_batch=2, step_samples=5, chunk_size=33)
     mel = random_mel(30, seed=1)
     got = engine.submit(mel=mel, speaker=2, seed=5).result()
+    # Each stream keeps at most its share of the budget (14 steps / 2 streams) upsampled.
+    assert max(upsampled) == 7 and sum(upsampled) >= 30 * HOP
     assert np.array_equal(got, reference(model, mel=mel, speaker=2, seed=5))
 
 
@@ -228,6 +238,8 @@ def test_chunks_have_the_requested_size(engine_factory):
     request = engine.submit(250, speaker=0, seed=1)
     assert request.num_samples == 250 and request.sample_rate == model.config.sample_rate
     assert [len(c) for c in request] == [100, 100, 50]
+    with pytest.raises(RuntimeError, match="already read"):
+        request.result()
     assert [len(c) for c in engine.submit(90, speaker=0, seed=1, chunk_size=40)] == [40, 40, 10]
 
 

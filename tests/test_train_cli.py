@@ -287,6 +287,9 @@ def test_evaluate_rejects_bad_splits_and_arguments(tmp_path, corpus):
     mel_model = WaveNet(WaveNetConfig(**MEL_SPEAKERS))
     with pytest.raises(ValueError, match="multiple of 16"):
         evaluate(mel_model, corpus, "test", segment_samples=100)
+    blip = _write_manifest(tmp_path / "blip", [("blip", np.zeros(10, np.float32), "a", "test")])
+    with pytest.raises(ValueError, match=r"blip\.wav: 10 samples, shorter than one mel frame"):
+        evaluate(mel_model, blip, "test")
 
 
 def test_mulaw_entropy_of_known_signals(tmp_path):

@@ -89,9 +89,7 @@ def _mel_from(model: WaveNet, path: str | None, seconds: float | None) -> torch.
         return None
     if path is None:
         raise ValueError("--mel-from: this model is mel-conditioned (a vocoder): give a WAV whose mel it should follow")
-    mel = cfg.mel(audio.load(path, cfg.sample_rate))
-    if mel.shape[1] == 0:
-        raise ValueError(f"--mel-from: {path} is shorter than one {cfg.hop_length}-sample frame")
+    mel = cfg.load_audio(path)[1]
     if seconds is not None:
         mel = mel[:, : max(1, round(seconds * cfg.sample_rate / cfg.hop_length))]
     return mel

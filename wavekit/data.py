@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from wavekit.audio import AudioError, load
+from wavekit.audio import AudioError
 from wavekit.model import WaveNetConfig
 
 __all__ = [
@@ -185,15 +185,13 @@ class SegmentDataset(Dataset):
         self.speaker_ids: list[int] = []
         for u in utterances:
             try:
-                audio = load(u.path, config.sample_rate)
-                if config.mel_channels:
-                    mel = config.mel(audio)
-                    self.mels.append(mel)
-                    audio = audio[: mel.shape[-1] * hop]
+                audio, mel = config.load_audio(u.path)
             except AudioError as err:
                 log.warning("skipping %s: %s", u.path, err)
                 continue
             self.audio.append(audio)
+            if mel is not None:
+                self.mels.append(mel)
             if config.num_speakers:
                 self.speaker_ids.append(speakers.index(u.speaker))
         if skipped := len(utterances) - len(self.audio):

@@ -11,6 +11,7 @@ generation. The handlers are methods of `Demo`, plain functions testable without
 from __future__ import annotations
 
 import io
+import logging
 import math
 import shutil
 import subprocess
@@ -27,10 +28,13 @@ import soundfile as sf
 import torch
 
 from wavekit import audio as wavio
+from wavekit.checks import positive_int
 from wavekit.model import WaveNet
 from wavekit.serving import BatchingEngine
 
 __all__ = ["Demo", "build_demo", "main", "spectrogram_image"]
+
+log = logging.getLogger(__name__)
 
 EXAMPLE_TEXT = "The quick brown fox jumps over the lazy dog."
 MAX_SEED = 2**62
@@ -78,12 +82,13 @@ def _example_recording(path: Path, sample_rate: int) -> None:
     """A short reference recording: speech from flite when it is installed, else a gliding harmonic tone."""
     if shutil.which("flite"):
         spoken = path.with_suffix(".flite.wav")
-        done = subprocess.run(
-            ["flite", "-voice", "slt", "-t", EXAMPLE_TEXT, "-o", str(spoken)], capture_output=True, timeout=60
-        )
-        if done.returncode == 0 and spoken.exists():
-            wavio.save(path, wavio.load(spoken, sample_rate), sample_rate)
-            return
+        command = ["flite", "-voice", "slt", "-t", EXAMPLE_TEXT, "-o", str(spoken)]
+        try:
+            if subprocess.run(command, capture_output=True, timeout=60).returncode == 0:
+                wavio.save(path, wavio.load(spoken, sample_rate), sample_rate)
+                return
+        except (subprocess.TimeoutExpired, OSError, wavio.AudioError) as err:
+            log.warning("flite could not speak the example (%s); using a tone instead", err)
     t = np.arange(int(2.0 * sample_rate)) / sample_rate
     pitch = 140 + 60 * np.sin(2 * np.pi * 0.5 * t)
     phase = 2 * np.pi * np.cumsum(pitch) / sample_rate
@@ -101,14 +106,12 @@ class Demo:
     def __init__(
         self, model: WaveNet, *, max_queue: int = 16, max_seconds: float = 10.0, engine: BatchingEngine | None = None
     ):
-        if isinstance(max_queue, bool) or not isinstance(max_queue, int) or max_queue < 1:
-            raise ValueError(f"max_queue: must be a positive integer, got {max_queue!r}")
+        positive_int("max_queue", max_queue)
         if not (isinstance(max_seconds, (int, float)) and math.isfinite(max_seconds) and max_seconds > 0):
             raise ValueError(f"max_seconds: must be a positive number of seconds, got {max_seconds!r}")
         self.config = model.config
         self.max_queue = max_queue
         self.max_seconds = float(max_seconds)
-        self.engine = engine if engine is not None else BatchingEngine(model, max_batch=max_queue)
         self.sample_rate = self.config.sample_rate
         self.streaming = shutil.which("ffmpeg") is not None  # Gradio encodes streamed audio with ffmpeg
         count = self.config.num_speakers
@@ -120,6 +123,9 @@ class Demo:
         if self.config.mel_channels:
             self.example = self.folder / "example.wav"
             _example_recording(self.example, self.sample_rate)
+        # Last, so that a failure above leaves no engine thread behind.
+        self._owns_engine = engine is None
+        self.engine = engine if engine is not None else BatchingEngine(model, max_batch=max_queue)
 
     # ------------------------------------------------------------------ handlers
 
@@ -267,8 +273,9 @@ class Demo:
         return page.queue(max_size=self.max_queue, default_concurrency_limit=self.max_queue)
 
     def close(self) -> None:
-        """Stop the engine and remove the scratch folder."""
-        self.engine.close()
+        """Stop the engine (unless it was passed in) and remove the scratch folder."""
+        if self._owns_engine:
+            self.engine.close()
         self._scratch.cleanup()
 
 

@@ -48,6 +48,11 @@ def _inverse_cdf(logits: Tensor, uniform: Tensor, temperature: float) -> Tensor:
     return index.clamp(max=logits.shape[1] - 1)
 
 
+def _at_least_float32(params: Tensor) -> torch.dtype:
+    """The dtype the heads compute in: float32, or float64 for float64 params."""
+    return torch.promote_types(params.dtype, torch.float32)
+
+
 def _check_temperature(temperature: float) -> None:
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
@@ -84,7 +89,7 @@ class OutputDistribution(ABC):
                 f"audio shape {tuple(audio.shape)} does not match params shape "
                 f"{tuple(params.shape)} without its channel dim"
             )
-        dtype = torch.promote_types(params.dtype, torch.float32)
+        dtype = _at_least_float32(params)
         return self._log_prob(params.to(dtype), audio.to(dtype))
 
     def sample_from_uniform(
@@ -93,7 +98,9 @@ class OutputDistribution(ABC):
         """Map ``uniform[B, noise_channels, *rest]`` in [0, 1) to audio ``[B, *rest]``.
 
         Deterministic (no RNG). Temperature < 1 sharpens and > 1 flattens the
-        distribution; the exact algorithm is documented on each subclass.
+        distribution; the exact algorithm is documented on each subclass. Half-precision
+        params and uniforms are promoted to float32, and so is the draw (a 16-bit bin
+        centre has no exact half-precision value).
         """
         self._check_params(params)
         _check_temperature(temperature)
@@ -102,7 +109,8 @@ class OutputDistribution(ABC):
             raise ValueError(
                 f"uniform must have shape {tuple(expected)}, got {tuple(uniform.shape)}"
             )
-        return self._sample_from_uniform(params, uniform, temperature)
+        dtype = _at_least_float32(params)
+        return self._sample_from_uniform(params.to(dtype), uniform.to(dtype), temperature)
 
     def sample(
         self,
@@ -113,15 +121,15 @@ class OutputDistribution(ABC):
         """Draw audio ``[B, *rest]`` from ``params[B, params_channels, *rest]``.
 
         The uniforms are ``torch.rand([B, noise_channels, *rest], generator=generator)``
-        with the dtype and device of ``params``, passed to :meth:`sample_from_uniform`.
+        on the device of ``params``, in float32 or ``params``' wider dtype, passed to
+        :meth:`sample_from_uniform`.
         """
         self._check_params(params)
         _check_temperature(temperature)
         shape = params.shape[:1] + (self.noise_channels,) + params.shape[2:]
-        uniform = torch.rand(
-            shape, generator=generator, dtype=params.dtype, device=params.device
-        )
-        return self._sample_from_uniform(params, uniform, temperature)
+        dtype = _at_least_float32(params)
+        uniform = torch.rand(shape, generator=generator, dtype=dtype, device=params.device)
+        return self._sample_from_uniform(params.to(dtype), uniform, temperature)
 
     def _check_params(self, params: Tensor) -> None:
         if params.dim() < 2 or params.shape[1] != self.params_channels:

@@ -32,12 +32,14 @@ def _from_checkpoint(path: str, device: str | torch.device) -> WaveNet:
     except Exception as err:  # arbitrary bytes make torch.load raise almost anything
         reason = " ".join(str(err).split())[:160] or type(err).__name__
         raise ValueError(f"{path}: not a readable training checkpoint ({reason})") from err
+    if not isinstance(checkpoint, dict):
+        raise ValueError(f"{path}: not a wavekit training checkpoint (it holds a {type(checkpoint).__name__})")
     try:
         config = WaveNetConfig.from_dict(checkpoint["hyper_parameters"]["model"])
         state = {k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
         model = WaveNet(config)
         model.load_state_dict(state)
-    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+    except (KeyError, TypeError, AttributeError, ValueError, RuntimeError) as err:
         raise ValueError(f"{path}: not a wavekit training checkpoint ({err!s:.200})") from err
     return model.to(device).eval()
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import numbers
 import os
 from dataclasses import dataclass, field
 
@@ -19,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from wavekit.audio import log_mel, mulaw_encode
+from wavekit.audio import AudioError, load, log_mel, mulaw_encode
+from wavekit.checks import positive_int
 from wavekit.distributions import DiscretizedLogisticMixture, MuLawCategorical, OutputDistribution
 
 HEADS = ("mulaw", "mol")
@@ -134,6 +134,21 @@ class WaveNetConfig:
         if not self.mel_channels:
             raise ValueError("this model takes no mel conditioning (mel_channels = 0)")
         return log_mel(audio, self.sample_rate, self.mel_channels, self.hop_length, self.n_fft, self.fmin, self.fmax)
+
+    def load_audio(self, path: str | os.PathLike) -> tuple[Tensor, Tensor | None]:
+        """The audio of `path` [T] at this model's rate and, for a mel model, its log-mel [M, F].
+
+        A mel model's audio is cut to whole frames (trailing samples have no frame). Raises
+        AudioError naming `path` for unreadable audio or, for a mel model, audio shorter
+        than one frame.
+        """
+        audio = load(path, self.sample_rate)
+        if not self.mel_channels:
+            return audio, None
+        if len(audio) < self.hop_length:
+            raise AudioError(f"{path}: {len(audio)} samples, shorter than one mel frame ({self.hop_length} samples)")
+        mel = self.mel(audio)
+        return audio[: mel.shape[-1] * self.hop_length], mel
 
     def to_dict(self) -> dict:
         """A JSON-serialisable copy."""
@@ -311,9 +326,7 @@ class WaveNet(nn.Module):
         cfg = self.config
         device = next(self.parameters()).device
         if num_samples is not None:
-            if isinstance(num_samples, bool) or not isinstance(num_samples, numbers.Integral) or num_samples <= 0:
-                raise ValueError(f"num_samples: must be a positive integer, got {num_samples!r}")
-            num_samples = int(num_samples)
+            num_samples = positive_int("num_samples", num_samples)
         if cfg.mel_channels:
             if mel is None:
                 raise ValueError(f"mel: this model is conditioned on {cfg.mel_channels}-channel log-mel frames")

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from wavekit import generation
+from wavekit.checks import positive_int
 from wavekit.generation import BACKENDS, CHUNK_SIZE, _backend_name, _Batch, _prepare
 from wavekit.generation.weights import InferenceWeights
 from wavekit.model import WaveNet
@@ -51,6 +52,7 @@ class Request:
         self.chunk_size = chunk_size
         self._chunks: queue.Queue = queue.Queue()
         self._cancelled = threading.Event()
+        self._read = False
 
     @property
     def cancelled(self) -> bool:
@@ -61,6 +63,9 @@ class Request:
         self._cancelled.set()
 
     def __iter__(self) -> Iterator[np.ndarray]:
+        if self._read:
+            raise RuntimeError("Request: its audio was already read (a request is iterated once)")
+        self._read = True
         try:
             while True:
                 item = self._chunks.get()
@@ -84,12 +89,15 @@ class Request:
 class _Stream:
     """The engine's state of one request: noise, conditioning, progress and undelivered audio."""
 
-    def __init__(self, request: Request, batch: _Batch, weights: InferenceWeights, noise_channels: int):
+    def __init__(
+        self, request: Request, batch: _Batch, weights: InferenceWeights, noise_channels: int, block_steps: int
+    ):
         self.request = request
         self.batch = batch
         self.total = batch.lengths[0]
         self.done = 0
         self.noise_channels = noise_channels
+        self.block_steps = block_steps
         self.bias = weights.static_bias(batch.speaker_embedding, 1)  # [1, 1, L, G]
         self.cond_block: tuple[int, Tensor | None] = (0, None)  # (first step, upsampled mel from there)
         self.pending: list[np.ndarray] = []
@@ -102,15 +110,15 @@ class _Stream:
     def cond(self, steps: int) -> Tensor | None:
         """The upsampled mel of the next `steps` steps [1, M, steps], or None for an unconditioned model.
 
-        Upsampled a block of CHUNK_SIZE steps at a time: the engine's steps are short, and
-        upsampling each of them for each stream would cost more than the slicing.
+        Upsampled `block_steps` steps at a time: the engine's steps are short, and upsampling
+        each of them for each stream would cost more than the slicing.
         """
         if self.batch.mel is None:
             return None
         first, block = self.cond_block
         if block is None or self.done + steps > first + block.shape[2]:
             first = self.done
-            block = self.batch.cond(first, min(self.total, first + max(steps, CHUNK_SIZE)))
+            block = self.batch.cond(first, min(self.total, first + max(steps, self.block_steps)))
             self.cond_block = first, block
         return block[:, :, self.done - first : self.done - first + steps]
 
@@ -159,13 +167,15 @@ class BatchingEngine:
         step_samples = max(1, rate // 20) if step_samples is None else step_samples
         chunk_size = rate if chunk_size is None else chunk_size
         for name, value in (("max_batch", max_batch), ("step_samples", step_samples), ("chunk_size", chunk_size)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}: must be a positive integer, got {value!r}")
+            positive_int(name, value)
         self.model = model
         self.max_batch = max_batch
         self.step_samples = step_samples
         self.chunk_size = chunk_size
         self.weights = InferenceWeights.from_model(model)
+        # Each stream keeps a block of its upsampled mel: SPAN_BUDGET floats over a full batch.
+        mel = max(1, model.config.mel_channels)
+        self._block_steps = max(step_samples, min(CHUNK_SIZE, generation.SPAN_BUDGET // (mel * max_batch)))
         device = self.weights.conv_w.device
         self.backend = _backend_name(backend, device)
         self._device = device
@@ -198,9 +208,7 @@ class BatchingEngine:
         `chunk_size` is the delivery size in samples (default: the engine's, 1 s of audio).
         Bad arguments raise ValueError naming them, here and not in the engine thread.
         """
-        chunk_size = self.chunk_size if chunk_size is None else chunk_size
-        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-            raise ValueError(f"chunk_size: must be a positive integer, got {chunk_size!r}")
+        chunk_size = positive_int("chunk_size", self.chunk_size if chunk_size is None else chunk_size)
         if isinstance(num_samples, (list, tuple)) or isinstance(mel, (list, tuple)):
             raise ValueError("num_samples, mel: one stream per request (submit each stream on its own)")
         if isinstance(mel, Tensor) and mel.dim() == 3 and mel.shape[0] != 1:
@@ -210,7 +218,7 @@ class BatchingEngine:
         batch = _prepare(self.model, num_samples, mel, speaker, 1, temperature, seed)
         request = Request(batch.lengths[0], self.model.config.sample_rate, chunk_size)
         with torch.no_grad():
-            stream = _Stream(request, batch, self.weights, self.model.distribution.noise_channels)
+            stream = _Stream(request, batch, self.weights, self.model.distribution.noise_channels, self._block_steps)
         with self._lock:
             if self._closed:
                 raise RuntimeError("BatchingEngine: closed, submit to a new engine")
@@ -274,7 +282,7 @@ class BatchingEngine:
             return
         steps = min(self.step_samples, min(s.remaining for s in active))
         conds = [s.cond(steps) for s in active]
-        if conds[0] is not None:  # bounded in memory as in `generate`
+        if conds[0] is not None:  # the span's mel, bounded in memory as in `generate`
             per_step = runner.floats_per_step(self.weights, len(active))
             steps = min(steps, max(1, generation.SPAN_BUDGET // per_step))
             conds = [c[:, :, :steps] for c in conds]

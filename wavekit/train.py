@@ -380,7 +380,7 @@ def _pieces(
     the whole utterance, as in training."""
     cfg = model.config
     for u in utterances:
-        audio = load(u.path, cfg.sample_rate)
+        audio, mel = cfg.load_audio(u.path)
         speaker = None
         if cfg.num_speakers:
             if u.speaker not in speakers:
@@ -389,10 +389,6 @@ def _pieces(
         if not cfg.mel_channels:
             yield from ((a, None, speaker) for a in audio.split(segment or len(audio)))
             continue
-        mel = cfg.mel(audio)
-        audio = audio[: mel.shape[-1] * cfg.hop_length]
-        if not len(audio):
-            raise ValueError(f"{u.path}: shorter than one mel frame ({cfg.hop_length} samples)")
         frames = (segment or len(audio)) // cfg.hop_length
         yield from zip(audio.split(frames * cfg.hop_length), mel.split(frames, dim=-1), [speaker] * len(audio))
 

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from wavekit.checks import positive_int
 from wavekit.generation.backend import QueuedBackend
 from wavekit.generation.numba_backend import NumbaQueuedBackend
 from wavekit.generation.torch_backend import TorchQueuedBackend
@@ -87,8 +88,7 @@ class _Batch:
 
 
 def _batch_size(batch_size: int, *sizes: int | None) -> int:
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size: must be a positive integer, got {batch_size!r}")
+    positive_int("batch_size", batch_size)
     given = {s for s in sizes if s is not None and s > 1}
     if batch_size > 1:
         given.add(batch_size)
@@ -124,9 +124,10 @@ def _prepare(
         mel = torch.stack([F.pad(m, (0, frames - m.shape[1])) for m in mel])
     lengths = None
     if isinstance(num_samples, (list, tuple)):
-        if not num_samples or any(isinstance(n, bool) or not isinstance(n, int) or n <= 0 for n in num_samples):
-            raise ValueError(f"num_samples: every length must be a positive integer, got {list(num_samples)}")
-        lengths, num_samples = list(num_samples), max(num_samples)
+        if not num_samples:
+            raise ValueError("num_samples: the list is empty")
+        lengths = [positive_int(f"num_samples[{i}]", n) for i, n in enumerate(num_samples)]
+        num_samples = max(lengths)
     mel_batch = mel.shape[0] if mel is not None and mel.dim() == 3 else None
     speaker_batch = torch.as_tensor(speaker).numel() if speaker is not None else None
     batch = _batch_size(batch_size, mel_batch, speaker_batch, len(lengths) if lengths else None)
@@ -216,8 +217,7 @@ def stream(
     one per stream. Samples past a stream's length are zeros. `progress` is True for a
     progress bar or a callback(done, total). Bad arguments raise ValueError naming them.
     """
-    if not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size: must be a positive integer, got {chunk_size!r}")
+    positive_int("chunk_size", chunk_size)
     batch = _prepare(model, num_samples, mel, speaker, batch_size, temperature, seed)
     weights = InferenceWeights.from_model(model)
     runner = _backend(model, weights, batch.size, backend)
