@@ -283,7 +283,8 @@ def test_datamodule_batches(tmp_path: Path, corpus: list[Path]) -> None:
     source = load(corpus[1], RATE)
     assert torch.equal(torch.cat([b["audio"] for b in val]).flatten(), source[: 15 * SEGMENT])
 
-    # Lightning calls set_epoch before every epoch: new segments each epoch, reproducibly.
+    # set_epoch (Lightning calls it before every epoch; the DDP test checks that it does): new segments
+    # each epoch, reproducibly.
     epoch0 = torch.cat([b["audio"] for b in train])
     train.sampler.set_epoch(1)
     assert not torch.equal(torch.cat([b["audio"] for b in train]), epoch0)

@@ -198,7 +198,9 @@ def test_seed_makes_runs_identical(tmp_path, corpus):
 
 def test_ddp_two_cpu_processes_end_with_identical_weights(tmp_path, corpus):
     """2 ranks (gloo), each on different segments: DDP averages the gradients, so both end with
-    the same (trained) weights; each rank writes its own weights from memory."""
+    the same (trained) weights; each rank writes its own weights from memory. An epoch is one
+    step here, and every epoch draws new segments (Lightning forwards set_epoch through its
+    distributed sampler wrapper since 2.6.1)."""
     ddp = {
         "accelerator": "cpu", "devices": 2, "enable_progress_bar": False,
         "strategy": {
@@ -206,7 +208,7 @@ def test_ddp_two_cpu_processes_end_with_identical_weights(tmp_path, corpus):
             "init_args": {"process_group_backend": "gloo"},
         },
     }  # fmt: skip
-    config = _config_file(tmp_path, corpus, trainer=ddp)
+    config = _config_file(tmp_path, corpus, trainer=ddp, data={"samples_per_epoch": 4})
     out = tmp_path / "ranks"
     out.mkdir()
     worker = Path(__file__).with_name("ddp_worker.py")
@@ -219,7 +221,9 @@ def test_ddp_two_cpu_processes_end_with_identical_weights(tmp_path, corpus):
     rank0, rank1 = (torch.load(out / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     assert rank0["world_size"] == rank1["world_size"] == 2
     assert rank0["step"] == rank1["step"] == 3
-    assert rank0["first"] != rank1["first"]  # the ranks trained on different data...
+    assert len(rank0["first"]) == len(rank1["first"]) == 3  # one step per epoch
+    assert all(len(set(rank["first"])) == 3 for rank in (rank0, rank1))  # new segments every epoch
+    assert rank0["first"][0] != rank1["first"][0]  # the ranks trained on different data...
     assert _same_weights(rank0["weights"], rank1["weights"])  # ...yet agree
     assert not _same_weights(rank0["weights"], rank0["initial"])
     ckpt = _checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
