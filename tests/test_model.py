@@ -159,6 +159,10 @@ def test_config_rejects_unknown_keys() -> None:
         ("residual_channels", 0, {}),
         ("dropout", 1.0, {}),
         ("speaker_names", ("a", "b", "c"), {"num_speakers": 2}),
+        ("speaker_names", ("a", "a"), {"num_speakers": 2}),
+        ("upsample_scales", (2.7, 4), {}),
+        ("log_scale_min", math.nan, {}),
+        ("fmax", 0.0, {"mel_channels": 8}),
     ],
 )
 def test_config_rejects_invalid_values(field: str, value: object, extra: dict) -> None:
@@ -270,6 +274,16 @@ def test_bad_conditioning_raises(conditioned_model: WaveNet, case: str, word: st
 def test_unexpected_conditioning_raises(config: WaveNetConfig, kwargs: dict, word: str) -> None:
     with pytest.raises(ValueError, match=word):
         _model(config).predict(_audio(1, 32), **kwargs)
+
+
+def test_audio_is_taken_as_float32_and_checked() -> None:
+    model = _model(_tiny(head="mol", mixtures=2))
+    audio = _audio(2, 32)
+    with torch.no_grad():
+        assert torch.equal(model.log_prob(audio.double()), model.log_prob(audio))
+    for bad in (audio[0], torch.zeros(2, 32, dtype=torch.long), audio.numpy()):
+        with pytest.raises(ValueError, match=r"^audio: expected float samples \[B, T\]"):
+            model.log_prob(bad)
 
 
 def test_mel_features_feed_the_model_end_to_end() -> None:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import http.server
 import io
 import logging
 import os
+import re
 import shutil
 import tarfile
+import threading
 import zipfile
 from pathlib import Path
 
@@ -15,6 +18,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from wavekit.cli import main
 from wavekit.data import read_manifest
 from wavekit.prepare import RECIPES, flite_speech, prepare
 from wavekit.prepare.common import SourceFile, convert, download, extract, hash_split
@@ -75,8 +79,9 @@ def test_convert_is_idempotent(corpus, tmp_path):
 
 
 def test_convert_refuses_duplicate_names_and_an_all_bad_corpus(corpus, tmp_path):
-    with pytest.raises(ValueError, match="same output name"):
-        convert([corpus[0], corpus[0]], tmp_path / "a", 16000)
+    twin = SourceFile(corpus[1].path, corpus[0].name, None, "train")
+    with pytest.raises(ValueError, match=re.escape(f"{corpus[0].path} and {twin.path} both map to the output name")):
+        convert([corpus[0], twin], tmp_path / "a", 16000)
     bad = [s for s in corpus if s.name not in GOOD]
     with pytest.raises(ValueError, match="none of the 5"):
         convert(bad, tmp_path / "b", 16000)
@@ -97,6 +102,28 @@ def test_download_verifies_and_skips_what_is_there(tmp_path):
     assert not (tmp_path / "dl" / "other.bin").exists() and not (tmp_path / "dl" / "other.bin.part").exists()
     with pytest.raises(OSError, match="fetch it by hand"):
         download((tmp_path / "absent.bin").as_uri(), tmp_path / "dl" / "absent.bin")
+
+
+def test_download_cut_off_mid_body_is_an_oserror_and_leaves_no_partial_file(tmp_path):
+    class CutOff(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", "1000")
+            self.end_headers()
+            self.wfile.write(b"only ten b")  # then the connection closes
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), CutOff)
+    threading.Thread(target=server.handle_request, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}/corpus.tar"
+    try:
+        with pytest.raises(OSError, match=re.escape(f"could not download {url}")):
+            download(url, tmp_path / "corpus.tar")
+    finally:
+        server.server_close()
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_extract_unpacks_tar_and_zip_once(tmp_path):
@@ -159,6 +186,32 @@ def test_flite_speech_builds_a_four_speaker_corpus_once(tmp_path):
     stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "source").rglob("*.wav")}
     flite_speech.prepare(tmp_path / "source", tmp_path / "out", sentences_per_voice=2)
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "source").rglob("*.wav")} == stamps
+
+
+def _fake_flite(tmp_path: Path, voices: str, speak: str) -> str:
+    """A `flite` that lists `voices` and runs the shell line `speak` to say anything."""
+    script = tmp_path / "flite"
+    script.write_text(f'#!/bin/sh\nif [ "$1" = -lv ]; then echo "Voices available: {voices}"; exit 0; fi\n{speak}\n')
+    script.chmod(0o755)
+    return str(script)
+
+
+def test_flite_speech_refuses_a_flite_without_its_voices(tmp_path, monkeypatch):
+    flite = _fake_flite(tmp_path, "kal awb slt", "exit 0")
+    monkeypatch.setattr(shutil, "which", lambda name: flite)
+    with pytest.raises(ChildProcessError, match="lacks the voice\\(s\\) kal16, rms"):
+        flite_speech.prepare(tmp_path / "source", tmp_path / "out", sentences_per_voice=1)
+
+
+def test_flite_speech_failure_names_the_utterance_and_leaves_no_partial_file(tmp_path, monkeypatch, capsys):
+    flite = _fake_flite(tmp_path, "kal16 awb rms slt", 'echo "out of memory" >&2; exit 3')
+    monkeypatch.setattr(shutil, "which", lambda name: flite)
+    with pytest.raises(SystemExit) as exit_:
+        main(["prepare", "flite-speech", "--data-dir", str(tmp_path / "source"), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.count("\n") == 1
+    assert re.search(r"flite failed on \w+_0000\.wav \(\w+\): out of memory", err)
+    assert not list((tmp_path / "source").rglob("*.wav"))
 
 
 def test_flite_speech_without_flite_says_what_to_install(tmp_path, monkeypatch):

@@ -60,6 +60,8 @@ class WaveNetConfig:
     speaker_names: tuple[str, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
+        if any(isinstance(s, bool) or s != int(s) for s in self.upsample_scales):
+            raise ValueError(f"WaveNetConfig.upsample_scales must be integers, got {self.upsample_scales}")
         self.upsample_scales = tuple(int(s) for s in self.upsample_scales)
         self.speaker_names = tuple(str(s) for s in self.speaker_names)
         positive = (
@@ -87,7 +89,10 @@ class WaveNetConfig:
             raise ValueError("WaveNetConfig.mel_channels and num_speakers must be >= 0")
         if any(s < 1 for s in self.upsample_scales):
             raise ValueError(f"WaveNetConfig.upsample_scales must be positive, got {self.upsample_scales}")
-        if self.mel_channels and not 0 <= self.fmin < (self.fmax or self.sample_rate / 2) <= self.sample_rate / 2:
+        if not math.isfinite(self.log_scale_min):
+            raise ValueError(f"WaveNetConfig.log_scale_min must be finite, got {self.log_scale_min}")
+        fmax = self.sample_rate / 2 if self.fmax is None else self.fmax
+        if self.mel_channels and not 0 <= self.fmin < fmax <= self.sample_rate / 2:
             raise ValueError(
                 f"WaveNetConfig.fmin/fmax must satisfy 0 <= fmin < fmax <= sample_rate / 2, "
                 f"got {self.fmin} and {self.fmax} at {self.sample_rate} Hz"
@@ -96,6 +101,9 @@ class WaveNetConfig:
             raise ValueError(
                 f"WaveNetConfig.speaker_names has {len(self.speaker_names)} names for {self.num_speakers} speakers"
             )
+        if len(set(self.speaker_names)) < len(self.speaker_names):
+            repeated = sorted({s for s in self.speaker_names if self.speaker_names.count(s) > 1})
+            raise ValueError(f"WaveNetConfig.speaker_names repeats {', '.join(map(repr, repeated))}")
 
     @property
     def dilations(self) -> list[int]:
@@ -396,16 +404,24 @@ class WaveNet(nn.Module):
     def predict(self, audio: Tensor, mel: Tensor | None = None, speaker: Tensor | int | None = None) -> Tensor:
         """Teacher forcing: distribution parameters [B, C, T] for every sample of `audio` [B, T].
 
-        Step t sees audio[:, :t] (step 0 sees silence) and the conditioning.
+        Step t sees audio[:, :t] (step 0 sees silence) and the conditioning. Like the
+        conditioning, `audio` is moved to the model's device as float32.
         """
-        if audio.dim() != 2:
-            raise ValueError(f"audio: expected [B, T], got {list(audio.shape)}")
+        audio = self._as_input(audio)
         _, mel, speaker = self.check_conditioning(audio.shape[0], audio.shape[1], mel, speaker)
         return self(F.pad(audio[:, :-1], (1, 0)), *self.conditioning(mel, speaker))
 
     def log_prob(self, audio: Tensor, mel: Tensor | None = None, speaker: Tensor | int | None = None) -> Tensor:
         """log p(x_t | x_<t, conditioning) for every sample [B, T]; bits/sample = -mean / ln 2."""
+        audio = self._as_input(audio)
         return self.distribution.log_prob(self.predict(audio, mel, speaker), audio)
+
+    def _as_input(self, audio: Tensor) -> Tensor:
+        """`audio` [B, T] as float32 on the model's device; ValueError naming `audio` otherwise."""
+        if not isinstance(audio, Tensor) or audio.dim() != 2 or not audio.is_floating_point():
+            got = f"{audio.dtype} {list(audio.shape)}" if isinstance(audio, Tensor) else type(audio).__name__
+            raise ValueError(f"audio: expected float samples [B, T], got {got}")
+        return audio.to(device=next(self.parameters()).device, dtype=torch.float32)
 
     def save(self, path: str | os.PathLike) -> None:
         """Write weights and config to one safetensors file."""

@@ -283,7 +283,7 @@ def teacher_forced_params(
     bias = weights.static_bias(batch.speaker_embedding, batch.size)
     params = []
     for a, b, cond in _spans(batch, runner.floats_per_step(weights, batch.size), 0, batch.total):
-        params.append(runner.run(bias, None, 1.0, forced=audio[:, a:b].to(bias.device), cond=cond)[1])
+        params.append(runner.run(bias, None, 1.0, forced=audio[:, a:b].to(bias.device, bias.dtype), cond=cond)[1])
     return torch.cat(params, dim=2)
 
 

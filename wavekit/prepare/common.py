@@ -7,6 +7,7 @@ the JSONL manifest that `wavekit.data` reads.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import logging
 import os
 import shutil
@@ -29,6 +30,7 @@ __all__ = ["SourceFile", "download", "extract", "fetch", "convert", "hash_split"
 log = logging.getLogger("wavekit.prepare")
 
 MANIFEST = "manifest.jsonl"
+DOWNLOAD_TIMEOUT = 60  # seconds without a byte before a download is given up
 
 
 @dataclass(frozen=True)
@@ -65,9 +67,12 @@ def download(url: str, dest: Path, *, sha256: str | None = None, md5: str | None
     partial = dest.with_name(dest.name + ".part")
     log.info("downloading %s -> %s", url, dest)
     try:
-        with urllib.request.urlopen(url) as response, open(partial, "wb") as f:
+        with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT) as response, open(partial, "wb") as f:
             shutil.copyfileobj(response, f, 1 << 20)
-    except OSError as err:
+            size = response.headers.get("Content-Length")  # urllib returns a cut-off body without complaint
+            if size is not None and f.tell() != int(size):
+                raise OSError(f"the connection closed after {f.tell()} of {size} bytes")
+    except (OSError, http.client.HTTPException) as err:  # HTTPException: e.g. a broken chunked body
         partial.unlink(missing_ok=True)
         raise OSError(f"could not download {url} ({err}); fetch it by hand and place it at {dest}") from err
     if expected is not None and (actual := _file_hash(partial, algorithm)) != expected:
@@ -161,9 +166,10 @@ def convert(
     warning line naming it, and a summary line counts the skips; stereo, other rates and
     other sample formats are converted. Raises ValueError if nothing usable is left.
     """
-    names = [s.name for s in sources]
-    if len(set(names)) != len(names):
-        raise ValueError("convert: two source files map to the same output name")
+    first: dict[str, SourceFile] = {}
+    for source in sources:
+        if (other := first.setdefault(source.name, source)) is not source:
+            raise ValueError(f"convert: {other.path} and {source.path} both map to the output name {source.name!r}")
     wav_dir = out_dir / "wavs"
 
     def work(source: SourceFile) -> Utterance | None:

@@ -22,6 +22,7 @@ log = logging.getLogger("wavekit.prepare")
 
 VOICES = ("awb", "kal16", "rms", "slt")
 SAMPLE_RATE = 16000
+FLITE_TIMEOUT = 60  # seconds for one sentence; flite speaks one in well under a second
 
 _ADJECTIVES = (
     "quiet bright heavy narrow ancient gentle curious silver wooden distant sudden careful "
@@ -69,12 +70,32 @@ def sentences(count: int, seed: int = 0) -> list[str]:
     return [_sentence(rng) for _ in range(count)]
 
 
+def _check_voices(flite: str) -> None:
+    """ChildProcessError unless `flite` has every voice of VOICES (it would fall back to its default one)."""
+    listed = subprocess.run([flite, "-lv"], capture_output=True, text=True, timeout=FLITE_TIMEOUT).stdout
+    have = set(listed.partition(":")[2].split())
+    if missing := [v for v in VOICES if v not in have]:
+        lacks = ", ".join(missing)
+        raise ChildProcessError(f"flite-speech: {flite} lacks the voice(s) {lacks} (it lists: {listed.strip()})")
+
+
 def _synthesize(flite: str, voice: str, text: str, wav: Path) -> None:
-    """Speak `text` with `voice` into `wav` (written once: an existing file is kept)."""
+    """Speak `text` with `voice` into `wav` (written once: an existing file is kept).
+
+    ChildProcessError with flite's message if it fails or hangs.
+    """
     if wav.is_file():
         return
     partial = wav.with_name(f".{wav.name}.part.wav")
-    subprocess.run([flite, "-voice", voice, "-t", text, "-o", str(partial)], check=True, capture_output=True)
+    command = [flite, "-voice", voice, "-t", text, "-o", str(partial)]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=FLITE_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        done = None
+    if done is None or done.returncode != 0 or not partial.is_file():
+        partial.unlink(missing_ok=True)
+        why = f"no answer after {FLITE_TIMEOUT} s" if done is None else (done.stderr or done.stdout).strip()
+        raise ChildProcessError(f"flite-speech: flite failed on {wav.name} ({voice}): {why}")
     partial.replace(wav)
 
 
@@ -87,6 +108,7 @@ def prepare(data_dir: Path, out_dir: Path, *, sentences_per_voice: int = 160, se
     flite = shutil.which("flite")
     if flite is None:
         raise FileNotFoundError("flite-speech: the `flite` program is missing; install it with `apt-get install flite`")
+    _check_voices(flite)
     texts = sentences(sentences_per_voice * len(VOICES), seed)
     jobs, sources = [], []
     for k, voice in enumerate(VOICES):
@@ -99,5 +121,11 @@ def prepare(data_dir: Path, out_dir: Path, *, sentences_per_voice: int = 160, se
     (data_dir / "sentences.txt").write_text("".join(f"{s.name}\t{t}\n" for s, (_, t, _) in zip(sources, jobs)))
     log.info("flite-speech: synthesizing %d utterances into %s", len(jobs), data_dir)
     with ThreadPoolExecutor(2) as pool:
-        list(pool.map(lambda job: _synthesize(flite, *job), jobs))
+        futures = [pool.submit(_synthesize, flite, *job) for job in jobs]
+        try:
+            for future in futures:
+                future.result()
+        except BaseException:
+            pool.shutdown(cancel_futures=True)  # one failure: the rest would fail alike
+            raise
     return convert(sources, out_dir, SAMPLE_RATE)
