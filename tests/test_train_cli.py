@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -167,6 +168,11 @@ def test_resume_continues_and_a_rerun_without_it_is_refused(tmp_path, corpus):
 
     with pytest.raises(ValueError, match="residual_channels: 4 -> 6"):
         train_cli(["--config", config, "--resume", "--model.model.residual_channels", "6"])
+    shutil.copy(last, tmp_path / "kept.ckpt")
+    torch.save({"state_dict": {}}, last)  # not a wavekit checkpoint: said so, not diffed against defaults
+    with pytest.raises(ValueError, match="last.ckpt: not a wavekit training checkpoint"):
+        train_cli(["--config", config, "--resume"])
+    shutil.copy(tmp_path / "kept.ckpt", last)
 
     train_cli(["--config", config, "--resume", "--trainer.max_steps", "5"])
     resumed = _checkpoint(last)

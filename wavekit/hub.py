@@ -18,15 +18,19 @@ import torch
 
 from wavekit.model import WaveNet, WaveNetConfig
 
-__all__ = ["BUNDLED", "load", "export"]
+__all__ = ["BUNDLED", "load", "export", "read_checkpoint"]
 
 MODELS_DIR = Path(__file__).parent / "models"
 BUNDLED = {"default": "flite-speech: 4 speakers, mel-conditioned, 16 kHz (recipes/flite-speech)"}
 
 
-def _from_checkpoint(path: str, device: str | torch.device) -> WaveNet:
-    """The network of a `WaveNetModule` checkpoint: its "state_dict" (the EMA weights when
-    trained with `EMA`) and the model config from its hyper-parameters."""
+def read_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[dict, WaveNetConfig]:
+    """The contents of a `WaveNetModule` training checkpoint and its model config.
+
+    Loaded with `weights_only=True` (no arbitrary unpickling); ValueError naming `path` for
+    anything that is not such a checkpoint.
+    """
+    path = os.fspath(path)
     try:
         checkpoint = torch.load(path, map_location=device, weights_only=True)
     except Exception as err:  # arbitrary bytes make torch.load raise almost anything
@@ -35,11 +39,20 @@ def _from_checkpoint(path: str, device: str | torch.device) -> WaveNet:
     if not isinstance(checkpoint, dict):
         raise ValueError(f"{path}: not a wavekit training checkpoint (it holds a {type(checkpoint).__name__})")
     try:
-        config = WaveNetConfig.from_dict(checkpoint["hyper_parameters"]["model"])
+        return checkpoint, WaveNetConfig.from_dict(checkpoint["hyper_parameters"]["model"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{path}: not a wavekit training checkpoint (no model config: {err!s:.200})") from err
+
+
+def _from_checkpoint(path: str, device: str | torch.device) -> WaveNet:
+    """The network of a `WaveNetModule` checkpoint: its "state_dict" (the EMA weights when
+    trained with `EMA`) and the model config from its hyper-parameters."""
+    checkpoint, config = read_checkpoint(path, device)
+    try:
         state = {k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
         model = WaveNet(config)
         model.load_state_dict(state)
-    except (KeyError, TypeError, AttributeError, ValueError, RuntimeError) as err:
+    except (KeyError, AttributeError, RuntimeError) as err:
         raise ValueError(f"{path}: not a wavekit training checkpoint ({err!s:.200})") from err
     return model.to(device).eval()
 

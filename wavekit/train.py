@@ -65,6 +65,7 @@ from torch.optim.swa_utils import get_ema_multi_avg_fn
 from wavekit.audio import load, log_mel, mulaw_encode
 from wavekit.data import SPLITS, Utterance, WaveNetDataModule, read_manifest, speaker_table
 from wavekit.generation import generate
+from wavekit.hub import read_checkpoint
 from wavekit.model import WaveNet, WaveNetConfig
 
 __all__ = [
@@ -318,8 +319,7 @@ class WaveNetCLI(LightningCLI):
 
     def _check_same_model(self, checkpoint: Path) -> None:
         """Raise ValueError naming the fields if the model config differs from the checkpoint's."""
-        saved = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
-        saved = WaveNetConfig.from_dict(saved.get("hyper_parameters", {}).get("model", {}))
+        _, saved = read_checkpoint(checkpoint)
         current = self.model.config
         changed = [
             f"{f.name}: {getattr(saved, f.name)!r} -> {getattr(current, f.name)!r}"
