@@ -145,6 +145,7 @@ def test_teacher_forced_params_unconditioned(kernel_size, head, backend):
     got = teacher_forced_params(model, audio, backend=backend)
     assert got.shape == expected.shape
     assert (got - expected).abs().max().item() < 1e-4
+    assert torch.equal(teacher_forced_params(model, audio.double(), backend=backend), got)  # taken as float32
 
 
 @pytest.mark.parametrize("batch", [1, 5])

@@ -170,6 +170,17 @@ def test_config_rejects_invalid_values(field: str, value: object, extra: dict) -
         _tiny(**{field: value}, **extra)
 
 
+@pytest.mark.parametrize(
+    "values", [{}, {"mel_channels": 5, "upsample_scales": (2, 2), "num_speakers": 3, "head": "mol", "kernel_size": 3}]
+)
+def test_flops_per_sample_counts_every_weight_of_a_step_once(values: dict) -> None:
+    """One multiply-add per weight of the step's products: not the speaker table, embedding or upsampler."""
+    model = _model(_tiny(**values))
+    per_step = ("conv.weight", "cond.weight", "residual.weight", "skip.weight", "out1.weight", "out2.weight")
+    weights = sum(p.numel() for name, p in model.named_parameters() if name.endswith(per_step))
+    assert model.config.flops_per_sample == 2 * weights
+
+
 def test_dilations_cycle_per_stack() -> None:
     assert _tiny(layers=6, stacks=2).dilations == [1, 2, 4, 1, 2, 4]
     assert _tiny(layers=3, stacks=1).dilations == [1, 2, 4]

@@ -19,7 +19,7 @@ import torch
 import torchaudio.functional as AF
 import torchaudio.transforms as AT
 
-__all__ = ["AudioError", "load", "save", "check_writable", "mulaw_encode", "mulaw_decode", "log_mel"]
+__all__ = ["AudioError", "load", "save", "check_writable", "to_pcm16", "mulaw_encode", "mulaw_decode", "log_mel"]
 
 # RIFF/FORM size fields that streaming writers leave as "unknown".
 _UNKNOWN_CONTAINER_SIZES = (0, 0xFFFFFFFF)
@@ -147,13 +147,18 @@ def save(path: str | os.PathLike, audio: torch.Tensor | np.ndarray, sample_rate:
         raise AudioError(f"audio has no samples (shape {array.shape})")
     if not np.isfinite(array).all():
         raise AudioError("audio contains NaN or infinite samples")
-    pcm = np.clip(np.round(np.clip(array, -1.0, 1.0) * 32768.0), -32768, 32767).astype(np.int16)
+    pcm = to_pcm16(array)
 
     check_writable(path)
     try:
         sf.write(path, pcm.T, sample_rate, format="WAV", subtype="PCM_16")
     except (sf.LibsndfileError, OSError) as e:
         raise AudioError(f"{path}: cannot write audio file: {e}") from e
+
+
+def to_pcm16(samples: np.ndarray) -> np.ndarray:
+    """Float samples as int16 PCM: clipped to [-1, 1], times 32768, rounded (no peak normalisation)."""
+    return np.clip(np.round(np.clip(samples, -1.0, 1.0) * 32768.0), -32768, 32767).astype(np.int16)
 
 
 def mulaw_encode(x: torch.Tensor, channels: int = 256) -> torch.Tensor:

@@ -46,9 +46,8 @@ _COLORS = np.array([[0, 0, 4], [81, 18, 124], [183, 55, 121], [252, 137, 97], [2
 def _wav_bytes(samples: np.ndarray, sample_rate: int) -> bytes:
     """16-bit PCM WAV of float samples in [-1, 1], quantised as `wavekit.audio.save` does (no
     peak normalisation, unlike Gradio's numpy path, so chunks keep one loudness)."""
-    pcm = np.clip(np.round(np.clip(samples, -1.0, 1.0) * 32768.0), -32768, 32767).astype(np.int16)
     buffer = io.BytesIO()
-    sf.write(buffer, pcm, sample_rate, format="WAV", subtype="PCM_16")
+    sf.write(buffer, wavio.to_pcm16(samples), sample_rate, format="WAV", subtype="PCM_16")
     return buffer.getvalue()
 
 

@@ -123,13 +123,19 @@ class WaveNetConfig:
 
     @property
     def flops_per_sample(self) -> int:
-        """Floating-point operations (2 per multiply-add) to generate one sample incrementally."""
+        """Floating-point operations (2 per multiply-add) to generate one sample incrementally.
+
+        The matrix products of one step: every layer's dilated conv, mel term and skip 1x1,
+        every layer's but the last's residual 1x1, and the output head. (The speaker term is
+        constant over a stream, and the input embedding a table lookup.)
+        """
         half = self.gate_channels // 2
-        layer = self.kernel_size * self.residual_channels * self.gate_channels
-        layer += half * (self.residual_channels + self.skip_channels)
+        layer = (self.kernel_size * self.residual_channels + self.mel_channels) * self.gate_channels
+        layer += half * self.skip_channels
+        residuals = (self.layers - 1) * half * self.residual_channels
         params = self.mulaw_channels if self.head == "mulaw" else 3 * self.mixtures
         head = self.skip_channels * (self.skip_channels + params)
-        return 2 * (self.layers * layer + head)
+        return 2 * (self.layers * layer + residuals + head)
 
     def build_distribution(self) -> OutputDistribution:
         """The output distribution this config's head describes."""
@@ -222,7 +228,7 @@ class ConditioningUpsampler(nn.Module):
     output sample, so it is computed in polyphase form: output sample f * s + r is
     frames f - 1, f, f + 1 weighted by three sums of the smoothing taps (zero frames
     beyond the ends, as the convolution's zero padding). That is 3 multiply-adds per
-    sample instead of 9 and one pass over the output. The taps live in `smoothers`
+    sample instead of 2s + 1 (9 at s = 4) and one pass over the output. The taps live in `smoothers`
     (Conv2d(1, 1, (1, 2s + 1)) modules, so checkpoints keep their keys).
     """
 

@@ -408,7 +408,6 @@ def _batches(pieces: Iterator[Piece], batch_size: int, segment: int | None) -> I
         yield full
 
 
-@torch.no_grad()
 def evaluate(
     model: WaveNet,
     manifest: str | os.PathLike,

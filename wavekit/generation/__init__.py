@@ -5,7 +5,9 @@ independent streams and yields audio chunks as they are produced; `generate` col
 them. On the CPU a fused numba kernel runs the per-sample loop (backend "numba"); the
 eager PyTorch backend ("torch") serves other devices. Stream b draws
 its noise from its own generator seeded with `seed + b`, so its samples do not depend
-on which other streams share the batch or on the backend.
+on which other streams share the batch. Its noise does not depend on the backend either;
+its samples do only where a uniform lands within rounding of a bin edge, since the
+backends sum in different orders.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from wavekit.audio import mulaw_decode, mulaw_encode
+from wavekit.audio import mulaw_encode
 from wavekit.model import WaveNet
 
 
@@ -81,7 +81,7 @@ class InferenceWeights:
 
             if cfg.head == "mulaw":
                 embed = model.embed.weight
-                decode = mulaw_decode(torch.arange(cfg.mulaw_channels, device=embed.device), cfg.mulaw_channels)
+                decode = model.distribution.bin_centers().to(embed.device)
             else:
                 embed = torch.stack([model.embed.weight[:, 0, 0], model.embed.bias])
                 decode = torch.empty(0, device=embed.device)
