@@ -1,8 +1,8 @@
-"""Generation speed: naive vs queued (eager torch) vs fused (numba) across models and batch sizes.
+"""Generation speed: naive vs queued (eager torch) vs fused (numba on the CPU, Triton on CUDA).
 
     python benchmarks/generation.py            # full table, about 4 minutes on 2 cores
     python benchmarks/generation.py --quick    # a smoke run
-    python benchmarks/generation.py --device cuda
+    python benchmarks/generation.py --device cuda   # fused-triton, queued-torch and naive
     python benchmarks/generation.py --roofline # the machine's limits that bound the figures
     python benchmarks/generation.py --vocoder  # the bundled mel vocoder, upsampling included
 
@@ -30,6 +30,7 @@ MODELS = {
     "30L-R128-S256": WaveNetConfig(layers=30, stacks=3, residual_channels=128, gate_channels=256, skip_channels=256),
 }
 SAMPLE_RATE = 16000
+LABELS = {"numba": "fused-numba", "triton": "fused-triton", "torch": "queued-torch", "naive": "naive"}
 
 
 def naive_steady_state(model: WaveNet, batch: int) -> Callable[[int], None]:
@@ -54,7 +55,8 @@ def measure(model: WaveNet, method: str, batch: int, seconds: float) -> tuple[in
         naive_generate(model, 8, batch_size=batch, seed=0)  # the sampler itself runs
         run = naive_steady_state(model, batch)
     else:
-        run = lambda n: generate(model, n, batch_size=batch, seed=0, backend=method)  # noqa: E731
+        # .cpu() waits for the device to finish
+        run = lambda n: generate(model, n, batch_size=batch, seed=0, backend=method).cpu()  # noqa: E731
     run(8)  # compile / warm up
     n = 8
     while True:
@@ -170,7 +172,7 @@ def main() -> None:
         vocoder(args.device)
         return
     seconds = 0.5 if args.quick else 3.0
-    methods = ["numba", "torch", "naive"] if args.device == "cpu" else ["torch", "naive"]
+    methods = ["numba", "torch", "naive"] if args.device == "cpu" else ["triton", "torch", "naive"]
     batches = [1, 64] if args.quick else [1, 64, 256]
     torch.manual_seed(0)
     for name, config in MODELS.items():
@@ -183,7 +185,7 @@ def main() -> None:
                 rate = samples * batch / elapsed
                 record = {
                     "model": name,
-                    "method": "fused-numba" if method == "numba" else "queued-torch" if method == "torch" else "naive",
+                    "method": LABELS[method],
                     "batch": batch,
                     "device": args.device,
                     "samples_per_stream": samples,

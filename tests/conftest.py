@@ -1,7 +1,15 @@
-"""Fixtures shared by the test modules."""
+"""Fixtures shared by the test modules, and the Triton interpreter switch."""
+
+import os
 
 import pytest
 import torch
+
+if not torch.cuda.is_available():
+    # The Triton backend's tests run its kernel in Triton's CPU interpreter. triton.jit reads
+    # this when a function is defined, and Lightning imports triton.language (whose own helpers
+    # are jit functions) long before that test module, so it is set here, first.
+    os.environ["TRITON_INTERPRET"] = "1"
 
 
 @pytest.fixture

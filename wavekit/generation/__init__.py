@@ -3,7 +3,8 @@
 `stream` runs the Fast WaveNet queued algorithm (Paine et al. 2016) over a batch of
 independent streams and yields audio chunks as they are produced; `generate` collects
 them. On the CPU a fused numba kernel runs the per-sample loop (backend "numba"); the
-eager PyTorch backend ("torch") serves other devices. Stream b draws
+eager PyTorch backend ("torch") serves other devices. A fused Triton kernel ("triton")
+is there for CUDA devices on request, not yet by default (see its module). Stream b draws
 its noise from its own generator seeded with `seed + b`, so its samples do not depend
 on which other streams share the batch. Its noise does not depend on the backend either;
 its samples do only where a uniform lands within rounding of a bin edge, since the
@@ -12,6 +13,7 @@ backends sum in different orders.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -21,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from wavekit.checks import positive_int
+from wavekit.distributions import OutputDistribution
 from wavekit.generation.backend import QueuedBackend
 from wavekit.generation.numba_backend import NumbaQueuedBackend
 from wavekit.generation.torch_backend import TorchQueuedBackend
@@ -29,7 +32,17 @@ from wavekit.model import ConditioningUpsampler, WaveNet
 
 __all__ = ["generate", "stream", "naive_generate", "teacher_forced_params", "BACKENDS"]
 
-BACKENDS = {"torch": TorchQueuedBackend, "numba": NumbaQueuedBackend}
+
+
+def _triton_backend(weights: InferenceWeights, distribution: OutputDistribution, batch: int) -> QueuedBackend:
+    """The Triton backend, imported when first asked for: triton is heavy, and its kernel
+    decorator reads TRITON_INTERPRET (the CPU interpreter the tests use) at import."""
+    from wavekit.generation.triton_backend import TritonQueuedBackend
+
+    return TritonQueuedBackend(weights, distribution, batch)
+
+
+BACKENDS = {"torch": TorchQueuedBackend, "numba": NumbaQueuedBackend, "triton": _triton_backend}
 SPAN_BUDGET = 1 << 22  # floats a backend holds at once for a span of mel-conditioned steps
 CHUNK_SIZE = 16000  # samples per chunk `stream` yields by default
 
@@ -155,6 +168,8 @@ def _backend_name(name: str, device: torch.device) -> str:
         raise ValueError(f"backend: must be 'auto' or one of {sorted(BACKENDS)}, got {name!r}")
     if name == "numba" and device.type != "cpu":
         raise ValueError(f"backend: 'numba' runs on the CPU, the model is on {device}")
+    if name == "triton" and device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ValueError(f"backend: 'triton' runs on CUDA (or under TRITON_INTERPRET=1), the model is on {device}")
     return name
 
 

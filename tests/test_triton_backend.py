@@ -1,0 +1,87 @@
+"""The Triton backend (wavekit/generation/triton_backend.py): exact against `WaveNet.predict`
+and the torch backend, per-step gate biases, streams joining and leaving through the serving
+engine, and where it may run.
+
+Without a CUDA device the kernel runs in Triton's CPU interpreter (TRITON_INTERPRET=1, set
+by conftest.py), about 0.1 s per step for these tiny models, so clips are short. With one,
+the same tests run the compiled kernel on it.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from wavekit.generation import BACKENDS, _backend_name, generate, teacher_forced_params
+from wavekit.generation.weights import InferenceWeights
+from wavekit.model import WaveNet, WaveNetConfig
+from wavekit.serving import BatchingEngine
+
+pytest.importorskip("triton")
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+MEL, SPEAKERS, HOP = 5, 3, 4
+
+
+def make_model(head: str, kernel_size: int, *, mel: bool = True, bits: int = 8) -> WaveNet:
+    """Tiny, with widths that are no power of two, so every padded dimension is exercised."""
+    torch.manual_seed(0)
+    config = WaveNetConfig(
+        layers=4, stacks=2, kernel_size=kernel_size, residual_channels=12, gate_channels=20, skip_channels=24,
+        head=head, mixtures=3, bits=bits, mel_channels=MEL if mel else 0, upsample_scales=(2, 2), num_speakers=SPEAKERS,
+    )  # fmt: skip
+    return WaveNet(config).eval().to(DEVICE)
+
+
+def random_mel(batch: int, frames: int, seed: int) -> torch.Tensor:
+    return torch.randn(batch, MEL, frames, generator=torch.Generator().manual_seed(seed)).to(DEVICE)
+
+
+@pytest.mark.parametrize("head, kernel_size, batch", [("mulaw", 2, 3), ("mol", 3, 17)])
+def test_teacher_forced_params_match_predict(head, kernel_size, batch):
+    """17 streams: two programs, the second with 15 rows past the batch."""
+    model = make_model(head, kernel_size)
+    frames = model.receptive_field // HOP + 2  # past the receptive field: every queue wraps
+    audio = (torch.rand(batch, frames * HOP, generator=torch.Generator().manual_seed(1)) * 1.8 - 0.9).to(DEVICE)
+    mel, speaker = random_mel(batch, frames, seed=2), [b % SPEAKERS for b in range(batch)]
+    expected = model.predict(audio, mel, torch.tensor(speaker, device=DEVICE))
+    got = teacher_forced_params(model, audio, mel=mel, speaker=speaker, backend="triton")
+    assert got.shape == expected.shape
+    assert (got - expected).abs().max().item() < 1e-4
+
+
+@pytest.mark.parametrize("head, kernel_size", [("mulaw", 3), ("mol", 2)])
+def test_samples_equal_the_torch_backend(head, kernel_size):
+    model = make_model(head, kernel_size)
+    kwargs = dict(mel=random_mel(2, 12, seed=3), speaker=[2, 0], temperature=0.8, seed=5)
+    got = generate(model, backend="triton", **kwargs)
+    assert len(got.unique()) > 8
+    assert torch.equal(got, generate(model, backend="torch", **kwargs))
+
+
+def test_per_step_gate_bias_and_per_stream_temperature():
+    """`run` with a bias for every step (the contract allows it) and one temperature per stream."""
+    model = make_model("mulaw", 2, mel=False)
+    weights = InferenceWeights.from_model(model)
+    steps = 30
+    bias = weights.static_bias(None, 2).expand(2, steps, -1, -1) + torch.linspace(-2, 2, steps, device=DEVICE)[
+        None, :, None, None
+    ]
+    noise = torch.rand(2, 1, steps, generator=torch.Generator().manual_seed(4)).to(DEVICE)
+    runs = [BACKENDS[name](weights, model.distribution, 2).run(bias, noise, [0.7, 1.3]) for name in ("triton", "torch")]
+    assert torch.equal(runs[0][0], runs[1][0])
+
+
+def test_streams_join_and_leave_through_the_serving_engine():
+    model = make_model("mulaw", 2, mel=False)
+    with BatchingEngine(model, step_samples=7, chunk_size=20, backend="triton") as engine:
+        requests = [engine.submit(n, speaker=s, seed=s) for n, s in ((45, 0), (30, 2))]
+        results = [r.result() for r in requests]
+    for (n, s), got in zip(((45, 0), (30, 2)), results):
+        assert torch.equal(torch.from_numpy(got), generate(model, n, speaker=s, seed=s, backend="torch")[0].cpu())
+
+
+def test_refused_on_the_cpu_without_the_interpreter(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(ValueError, match=r"^backend: 'triton' runs on CUDA"):
+        _backend_name("triton", torch.device("cpu"))
+    assert _backend_name("auto", torch.device("cuda")) == "torch"  # not chosen by default until measured
