@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from importlib.metadata import version
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -57,7 +59,44 @@ def test_bad_arguments_exit_2_with_one_line(tmp_path, args, culprit):
     )
     assert result.returncode == 2
     assert culprit in result.stderr
-    assert "Traceback" not in result.stderr
+    assert "Traceback" not in result.stderr and result.stderr.count("\n") == 1  # no usage block
+
+
+@pytest.mark.parametrize(
+    "args, culprit",
+    [
+        (["demo", "--port", "99999"], "--port"),
+        (["demo", "--host", "256.1.1.1"], "--host: 256.1.1.1"),
+        (["export", "default", "voice.wav"], "voice.wav should end in .safetensors"),
+        (["synth", "--device", "cuda:0" if not torch.cuda.is_available() else "tpu"], "--device"),
+        (["evaluate", "--checkpoint", "default"], "--manifest"),
+        (["fly"], "invalid choice: 'fly'"),
+    ],
+)
+def test_bad_commands_exit_2_with_one_line(args, culprit, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.count("\n") == 1 and culprit in err
+
+
+def test_interrupt_exits_130_without_a_traceback(monkeypatch, capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("wavekit.cli.generate", interrupted)
+    with pytest.raises(SystemExit) as exit_:
+        main(["synth", "--mel-from", str(Path(__file__).parents[1] / "examples" / "hello.wav")])
+    assert exit_.value.code == 130 and capsys.readouterr().err == "wavekit: interrupted\n"
+
+
+def test_version_and_help_show_defaults(capsys):
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out.strip() == f"wavekit {version('wavekit')}"
+    with pytest.raises(SystemExit):
+        main(["synth", "--help"])
+    assert "sampling temperature (< 1: sharper) (default: 1.0)" in " ".join(capsys.readouterr().out.split())
 
 
 def test_unwritable_output_exits_2_naming_it(tmp_path):

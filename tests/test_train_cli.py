@@ -19,6 +19,7 @@ import torch
 import yaml
 
 from wavekit.audio import load, mulaw_decode
+from wavekit.cli import main
 from wavekit.model import WaveNet, WaveNetConfig
 from wavekit.train import WaveNetCLI, WaveNetModule, evaluate, mulaw_entropy, train_cli
 
@@ -281,6 +282,15 @@ def test_evaluate_matches_log_prob_computed_directly(corpus, kind, segment):
     if not kind.get("mel_channels"):  # every sample scored: same histogram as the files'
         assert samples == sum(CORPUS["test"])
         assert results[0]["mulaw_entropy"] == pytest.approx(mulaw_entropy(corpus, "test", RATE))
+
+
+def test_evaluate_command_scores_segments(tmp_path, corpus, capsys):
+    torch.manual_seed(0)
+    model = WaveNet(WaveNetConfig(**MODEL))
+    model.save(tmp_path / "m.safetensors")
+    main(["evaluate", "--checkpoint", str(tmp_path / "m.safetensors"), "--manifest", str(corpus), "--segment-samples", "256"])
+    expected = evaluate(model, corpus, "test", segment_samples=256)
+    assert capsys.readouterr().out.startswith(f"test: {expected['bits_per_sample']:.4f} bits/sample over {expected['samples']:,}")
 
 
 def test_evaluate_rejects_bad_splits_and_arguments(tmp_path, corpus):

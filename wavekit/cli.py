@@ -8,7 +8,7 @@
     wavekit demo --checkpoint voice.safetensors                      # Gradio demo on 127.0.0.1
     wavekit toy --out toy.wav      # train a tiny WaveNet on an embedded signal, then synthesize
 
-Bad input prints one line on stderr and exits with status 2.
+Bad input prints one line on stderr and exits with status 2; Ctrl-C exits with 130.
 """
 
 from __future__ import annotations
@@ -16,10 +16,13 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
+from importlib.metadata import version
 from pathlib import Path
+from typing import NoReturn
 
 import torch
 
@@ -96,23 +99,29 @@ def _mel_from(model: WaveNet, path: str | None, seconds: float | None) -> torch.
 
 
 def _outputs(out: str, batch: int) -> list[Path]:
-    """`--out` itself for one stream, else OUT_0.wav .. OUT_{N-1}.wav beside it; each checked writable."""
+    """`--out` (.wav added if it has no suffix) for one stream, else OUT_0.wav .. OUT_{N-1}.wav beside
+    it; each checked writable."""
     path = Path(out)
-    paths = [path] if batch == 1 else [path.with_name(f"{path.stem}_{b}{path.suffix or '.wav'}") for b in range(batch)]
+    path = path if path.suffix else path.with_name(f"{path.name}.wav")
+    paths = [path] if batch == 1 else [path.with_name(f"{path.stem}_{b}{path.suffix}") for b in range(batch)]
     for p in paths:
         audio.check_writable(p)
     return paths
 
 
 def _device(name: str) -> torch.device:
+    """The torch device `name` ("auto": cuda if present), checked usable here; ValueError naming --device."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"--device: {name} requested but no CUDA device is available")
     try:
-        return torch.device(name)
-    except RuntimeError as err:
-        raise ValueError(f"--device: {err}") from None
+        device = torch.device(name)
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError) as err:
+        reason = str(err).split(". ")[0][:160] or type(err).__name__
+        raise ValueError(f"--device: {name} is not usable here ({reason})") from None
+    return device
 
 
 def _synth(args: argparse.Namespace) -> None:
@@ -155,7 +164,8 @@ def _evaluate(args: argparse.Namespace) -> None:
     from wavekit.train import evaluate
 
     model = hub.load(args.checkpoint, device=_device(args.device))
-    result = evaluate(model, args.manifest, args.split, batch_size=args.batch_size)
+    segment = args.segment_samples
+    result = evaluate(model, args.manifest, args.split, segment_samples=segment, batch_size=args.batch_size, progress=True)
     print(
         f"{args.split}: {result['bits_per_sample']:.4f} bits/sample over {result['samples']:,} samples "
         f"({result['utterances']} utterances); mu-law histogram entropy {result['mulaw_entropy']:.4f} bits"
@@ -163,6 +173,8 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 
 def _export(args: argparse.Namespace) -> None:
+    if Path(args.out).suffix != ".safetensors":
+        raise ValueError(f"OUT: {args.out} should end in .safetensors (the file is safetensors with a JSON config)")
     audio.check_writable(args.out)
     model = hub.export(args.checkpoint, args.out)
     cfg = model.config
@@ -174,7 +186,11 @@ def _export(args: argparse.Namespace) -> None:
 def _demo(args: argparse.Namespace) -> None:
     from wavekit.demo import main as launch
 
-    launch(args.checkpoint, host=args.host, port=args.port)
+    try:
+        socket.getaddrinfo(args.host, args.port)
+    except (socket.gaierror, UnicodeError) as err:
+        raise ValueError(f"--host: {args.host} is not an address or name this machine resolves ({err})") from None
+    launch(args.checkpoint, host=args.host, port=args.port, share=args.share)
 
 
 def _positive(kind: type) -> Callable[[str], int | float]:
@@ -192,23 +208,46 @@ def _positive(kind: type) -> Callable[[str], int | float]:
     return parse
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="wavekit", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True)
+def _port(text: str) -> int:
+    """An argparse type: a TCP port number."""
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number from 1 to 65535, got {text}")
+    return int(text)
 
-    p = commands.add_parser("synth", help="generate audio with a trained model")
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default, unless there is none to show (None, or off for a flag)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        return action.help if action.default is None or action.default is False else super()._get_help_string(action)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (the usage is a --help away), as for every other bad input."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="wavekit", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version('wavekit')}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    defaults = {"formatter_class": _HelpFormatter}
+
+    p = commands.add_parser("synth", help="generate audio with a trained model", **defaults)
     p.add_argument("--checkpoint", default="default", help="bundled model name, .ckpt or exported model file")
     p.add_argument("--out", default="out.wav", help="output WAV (with --batch N: OUT_0.wav .. OUT_{N-1}.wav)")
     p.add_argument("--seconds", type=_positive(float), help="length (default 2 s; with --mel-from: cut the mel)")
     p.add_argument("--speaker", help="speaker name or index (default: the model's first speaker)")
     p.add_argument("--mel-from", metavar="WAV", help="condition on this recording's mel (vocoding)")
-    p.add_argument("--temperature", type=_positive(float), default=1.0, help="sampling temperature")
+    p.add_argument("--temperature", type=_positive(float), default=1.0, help="sampling temperature (< 1: sharper)")
     p.add_argument("--seed", type=int, default=0, help="stream b uses seed + b")
     p.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda, cuda:1, ...")
     p.add_argument("--batch", type=_positive(int), default=1, help="independent streams, one file each")
     p.set_defaults(run=_synth)
 
-    p = commands.add_parser("prepare", help="download / build a recipe's corpus and its manifest")
+    p = commands.add_parser("prepare", help="download / build a recipe's corpus and its manifest", **defaults)
     p.add_argument("recipe", choices=RECIPES)
     p.add_argument("--data-dir", help="where the raw corpus is or goes (default: OUT/source)")
     p.add_argument("--out", help="where WAVs and manifest.jsonl go (default: data/RECIPE)")
@@ -218,30 +257,36 @@ def _parser() -> argparse.ArgumentParser:
         "train", help="train with Lightning: --config recipes/NAME/config.yaml [overrides] [--resume]", add_help=False
     )
 
-    p = commands.add_parser("evaluate", help="NLL in bits per sample of a checkpoint over a manifest split")
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--manifest", required=True)
-    p.add_argument("--split", default="test", choices=("train", "valid", "test"))
-    p.add_argument("--batch-size", type=_positive(int), default=8)
-    p.add_argument("--device", default="auto")
+    p = commands.add_parser("evaluate", help="NLL in bits per sample of a checkpoint over a manifest split", **defaults)
+    p.add_argument("--checkpoint", required=True, help="bundled model name, .ckpt or exported model file")
+    p.add_argument("--manifest", required=True, help="manifest.jsonl of the corpus (see `wavekit prepare`)")
+    p.add_argument("--split", default="test", choices=("train", "valid", "test"), help="which utterances to score")
+    p.add_argument(
+        "--segment-samples", type=_positive(int), metavar="N",
+        help="score N-sample pieces tiling each utterance (memory follows N; a mel model's N a multiple of its hop) "
+        "instead of whole utterances",
+    )  # fmt: skip
+    p.add_argument("--batch-size", type=_positive(int), default=8, help="full N-sample pieces scored together")
+    p.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda, ...")
     p.set_defaults(run=_evaluate)
 
-    p = commands.add_parser("export", help="write a checkpoint's inference form (EMA weights + config)")
+    p = commands.add_parser("export", help="write a checkpoint's inference form (EMA weights + config)", **defaults)
     p.add_argument("checkpoint", help=".ckpt training checkpoint (or any model source)")
     p.add_argument("out", help="output .safetensors file")
     p.set_defaults(run=_export)
 
-    p = commands.add_parser("demo", help="the Gradio demo (binds 127.0.0.1 unless --host says otherwise)")
-    p.add_argument("--checkpoint", default="default")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=_positive(int))
+    p = commands.add_parser("demo", help="the Gradio demo (binds 127.0.0.1 unless --host says otherwise)", **defaults)
+    p.add_argument("--checkpoint", default="default", help="bundled model name, .ckpt or exported model file")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0: every interface)")
+    p.add_argument("--port", type=_port, help="port (default: Gradio's, 7860 or the next free one)")
+    p.add_argument("--share", action="store_true", help="also open a public gradio.live link (off by default)")
     p.set_defaults(run=_demo)
 
-    p = commands.add_parser("toy", help="train a tiny model on an embedded signal and synthesize a WAV")
+    p = commands.add_parser("toy", help="train a tiny model on an embedded signal and synthesize a WAV", **defaults)
     p.add_argument("--out", default="toy.wav", help="output WAV path (the model goes beside it)")
     p.add_argument("--steps", type=_positive(int), default=300, help="training steps")
     p.add_argument("--seconds", type=_positive(float), default=2.0, help="seconds of audio to synthesize")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="training and sampling seed")
     p.set_defaults(run=_toy)
     return parser
 
@@ -260,6 +305,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     except (ValueError, OSError) as err:
         print(f"wavekit: error: {err}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        print("wavekit: interrupted", file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -285,10 +285,11 @@ def build_demo(
     return Demo(model, max_queue=max_queue, max_seconds=max_seconds, engine=engine).blocks()
 
 
-def main(checkpoint: str = "default", host: str = "127.0.0.1", port: int | None = None) -> None:
-    """Load `checkpoint` (a .ckpt, an exported .safetensors or "default") and serve the demo on host:port."""
+def main(checkpoint: str = "default", host: str = "127.0.0.1", port: int | None = None, share: bool = False) -> None:
+    """Load `checkpoint` (a .ckpt, an exported .safetensors or "default") and serve the demo on
+    host:port, with a public gradio.live link only if `share`."""
     from wavekit import hub
 
     model = hub.load(checkpoint)
-    build_demo(model).launch(server_name=host, server_port=port, share=False, max_file_size="20mb")
+    build_demo(model).launch(server_name=host, server_port=port, share=share, max_file_size="20mb")
 

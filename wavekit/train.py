@@ -61,8 +61,10 @@ from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveCon
 from pytorch_lightning.loggers import TensorBoardLogger
 from torch import Tensor
 from torch.optim.swa_utils import get_ema_multi_avg_fn
+from tqdm import tqdm
 
 from wavekit.audio import load, log_mel, mulaw_encode
+from wavekit.checks import positive_int
 from wavekit.data import SPLITS, Utterance, WaveNetDataModule, read_manifest, speaker_table
 from wavekit.generation import generate
 from wavekit.hub import read_checkpoint
@@ -414,6 +416,7 @@ def evaluate(
     split: str = "test",
     segment_samples: int | None = None,
     batch_size: int = 8,
+    progress: bool = False,
 ) -> dict:
     """Negative log-likelihood of `model` on every utterance of a manifest split, in bits per sample.
 
@@ -424,7 +427,9 @@ def evaluate(
     `len % hop` samples have no frame, as in training). Speaker ids follow
     `WaveNetDataModule`. Full segments are scored `batch_size` at a time; whole utterances and
     shorter last segments one at a time (nothing is padded, so `batch_size` does not change the
-    result). Runs in float32 on the model's device, in eval mode.
+    result). Runs in float32 on the model's device, in eval mode. Memory grows with the longest
+    piece scored (about 8 KB per sample for the maestro model), so long-form corpora want
+    `segment_samples`. `progress` shows a bar over the utterances.
 
     Returns {"bits_per_sample": mean over all scored samples, "samples", "utterances", "split",
     "mulaw_entropy": entropy in bits of the scored audio's 256-bin mu-law histogram}.
@@ -435,8 +440,7 @@ def evaluate(
     hop = cfg.hop_length if cfg.mel_channels else 1
     if segment_samples is not None and (segment_samples <= 0 or segment_samples % hop):
         raise ValueError(f"segment_samples: must be a positive multiple of {hop} (or None), got {segment_samples}")
-    if batch_size <= 0:
-        raise ValueError(f"batch_size: must be positive, got {batch_size}")
+    positive_int("batch_size", batch_size)
     everything, utterances = _split_utterances(manifest, split)
     speakers = cfg.speaker_names or speaker_table(everything)
     device = next(model.parameters()).device
@@ -445,7 +449,8 @@ def evaluate(
     model.eval()
     try:
         with torch.no_grad():  # scoring only: no autograd graph over whole utterances
-            for batch in _batches(_pieces(model, utterances, speakers, segment_samples), batch_size, segment_samples):
+            shown = tqdm(utterances, desc=f"scoring {split}", unit="utterance", disable=not progress)
+            for batch in _batches(_pieces(model, shown, speakers, segment_samples), batch_size, segment_samples):
                 audio = torch.stack([p[0] for p in batch]).to(device)
                 mel = torch.stack([p[1] for p in batch]).to(device) if cfg.mel_channels else None
                 speaker = torch.tensor([p[2] for p in batch], device=device) if cfg.num_speakers else None
@@ -464,6 +469,6 @@ def evaluate(
 
 
 if __name__ == "__main__":
-    from wavekit.train import train_cli as _main  # the importable module's classes, not __main__'s
+    from wavekit.cli import main as _main  # the importable module's classes, not __main__'s; its error handling
 
-    _main(sys.argv[1:])
+    _main(["train", *sys.argv[1:]])
