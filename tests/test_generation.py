@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 
+import numpy as np
 import pytest
 import torch
 
@@ -513,7 +514,14 @@ BAD_CONDITIONED = [
     (dict(temperature=0), "temperature"),
     (dict(temperature=-1.0), "temperature"),
     (dict(temperature=float("nan")), "temperature"),
+    (dict(temperature=float("inf")), "temperature"),
     (dict(batch_size=0), "batch_size"),
+    (dict(speaker="nobody"), "speaker"),  # the test model's speakers have no names
+    (dict(speaker=[None]), "speaker"),
+    (dict(mel=np.zeros((1, MEL_CHANNELS, 10), np.float32)), "mel"),
+    (dict(seed=1.5), "seed"),
+    (dict(seed=-1), "seed"),
+    (dict(seed=2**64), "seed"),
     (dict(batch_size=2, speaker=[0, 1, 2]), "batch_size"),
     (dict(backend="cuda-graphs"), "backend"),
 ]

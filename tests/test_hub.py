@@ -74,6 +74,12 @@ def test_bundled_default_model_loads():
     assert not model.training
 
 
+@pytest.mark.skipif(torch.backends.mps.is_available(), reason="mps is usable here")
+def test_unusable_device_is_named():
+    with pytest.raises(ValueError, match="^device: mps is not usable here"):
+        load("default", device="mps")
+
+
 def test_missing_file_names_it(tmp_path):
     with pytest.raises(FileNotFoundError, match="nowhere.ckpt"):
         load(tmp_path / "nowhere.ckpt")

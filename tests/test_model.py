@@ -163,6 +163,8 @@ def test_config_rejects_unknown_keys() -> None:
         ("upsample_scales", (2.7, 4), {}),
         ("log_scale_min", math.nan, {}),
         ("fmax", 0.0, {"mel_channels": 8}),
+        ("layers", "many", {}),
+        ("sample_rate", 16000.5, {}),
     ],
 )
 def test_config_rejects_invalid_values(field: str, value: object, extra: dict) -> None:
@@ -285,6 +287,16 @@ def test_bad_conditioning_raises(conditioned_model: WaveNet, case: str, word: st
 def test_unexpected_conditioning_raises(config: WaveNetConfig, kwargs: dict, word: str) -> None:
     with pytest.raises(ValueError, match=word):
         _model(config).predict(_audio(1, 32), **kwargs)
+
+
+def test_speakers_are_taken_by_name_too() -> None:
+    model = _model(_tiny(num_speakers=2, speaker_names=("ann", "bob")))
+    audio = _audio(2, 32)
+    with torch.no_grad():
+        assert torch.equal(model.log_prob(audio, speaker=["bob", "ann"]), model.log_prob(audio, speaker=[1, 0]))
+        assert torch.equal(model.log_prob(audio, speaker="bob"), model.log_prob(audio, speaker=1))
+    with pytest.raises(ValueError, match="speaker: 'carl' is unknown; give one of ann, bob"):
+        model.log_prob(audio, speaker="carl")
 
 
 def test_audio_is_taken_as_float32_and_checked() -> None:

@@ -27,6 +27,7 @@ from typing import NoReturn
 import torch
 
 from wavekit import audio, hub, toy
+from wavekit.checks import usable_device
 from wavekit.generation import generate
 from wavekit.model import WaveNet
 from wavekit.prepare import RECIPES
@@ -115,13 +116,7 @@ def _device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"--device: {name} requested but no CUDA device is available")
-    try:
-        device = torch.device(name)
-        torch.empty(0, device=device)
-    except (RuntimeError, AssertionError) as err:
-        reason = str(err).split(". ")[0][:160] or type(err).__name__
-        raise ValueError(f"--device: {name} is not usable here ({reason})") from None
-    return device
+    return usable_device("--device", name)
 
 
 def _synth(args: argparse.Namespace) -> None:

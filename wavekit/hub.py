@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from wavekit.checks import usable_device
 from wavekit.model import WaveNet, WaveNetConfig
 
 __all__ = ["BUNDLED", "load", "export", "read_checkpoint"]
@@ -62,6 +63,7 @@ def load(source: str | os.PathLike, device: str | torch.device = "cpu") -> WaveN
     or a model file written by `WaveNet.save` / `export`. Raises FileNotFoundError for a
     missing file and ValueError naming the file for one that is not a wavekit model."""
     name = os.fspath(source)
+    device = usable_device("device", device)
     if name in BUNDLED:
         path = MODELS_DIR / f"{name}.safetensors"
         if not path.is_file():

@@ -11,7 +11,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -60,6 +62,11 @@ class WaveNetConfig:
     speaker_names: tuple[str, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value, kind = getattr(self, f.name), {"int": "an integer", "float": "a number"}.get(f.type)
+            number = numbers.Integral if f.type == "int" else numbers.Real
+            if kind is not None and (isinstance(value, bool) or not isinstance(value, number)):
+                raise ValueError(f"WaveNetConfig.{f.name} must be {kind}, got {value!r}")
         if any(isinstance(s, bool) or s != int(s) for s in self.upsample_scales):
             raise ValueError(f"WaveNetConfig.upsample_scales must be integers, got {self.upsample_scales}")
         self.upsample_scales = tuple(int(s) for s in self.upsample_scales)
@@ -344,6 +351,8 @@ class WaveNet(nn.Module):
         if cfg.mel_channels:
             if mel is None:
                 raise ValueError(f"mel: this model is conditioned on {cfg.mel_channels}-channel log-mel frames")
+            if not isinstance(mel, Tensor):
+                raise ValueError(f"mel: expected a tensor [B, {cfg.mel_channels}, frames], got {type(mel).__name__}")
             if mel.dim() == 2:
                 mel = mel.unsqueeze(0)
             if mel.dim() != 3 or mel.shape[1] != cfg.mel_channels or mel.shape[2] == 0:
@@ -367,7 +376,7 @@ class WaveNet(nn.Module):
         if cfg.num_speakers:
             if speaker is None:
                 raise ValueError(f"speaker: this model needs a speaker id in [0, {cfg.num_speakers})")
-            speaker = torch.as_tensor(speaker, device=device).reshape(-1)
+            speaker = self._speaker_ids(speaker, device)
             if speaker.is_floating_point() or speaker.is_complex() or speaker.dtype == torch.bool:
                 raise ValueError(f"speaker: ids must be integers, got {speaker.tolist()}")
             speaker = speaker.long()
@@ -382,6 +391,21 @@ class WaveNet(nn.Module):
         if num_samples is None:
             raise ValueError("num_samples: required for a model without mel conditioning")
         return num_samples, mel, speaker
+
+    def _speaker_ids(self, speaker: Tensor | int | str | Sequence[int | str], device: torch.device) -> Tensor:
+        """`speaker` (ids, or names from `config.speaker_names`) as a 1-D tensor; ValueError naming it."""
+        names = self.config.speaker_names
+        listed = [speaker] if isinstance(speaker, str) else speaker
+        if isinstance(listed, (list, tuple)) and any(isinstance(s, str) for s in listed):
+            unknown = [s for s in listed if isinstance(s, str) and s not in names]
+            if unknown:
+                choices = f"one of {', '.join(names)}" if names else "an id: this model's speakers have no names"
+                raise ValueError(f"speaker: {unknown[0]!r} is unknown; give {choices}")
+            speaker = [names.index(s) if isinstance(s, str) else s for s in listed]
+        try:
+            return torch.as_tensor(speaker, device=device).reshape(-1)
+        except (TypeError, ValueError, RuntimeError):
+            raise ValueError(f"speaker: expected ids or names, got {speaker!r}") from None
 
     def conditioning(self, mel: Tensor | None, speaker: Tensor | None) -> tuple[Tensor | None, Tensor | None]:
         """Checked conditioning -> (upsampled mel [B, M, T] or None, speaker embedding [B, E] or None)."""

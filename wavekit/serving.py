@@ -28,7 +28,7 @@ from torch import Tensor
 
 from wavekit import generation
 from wavekit.checks import positive_int
-from wavekit.generation import BACKENDS, CHUNK_SIZE, _backend_name, _Batch, _prepare
+from wavekit.generation import BACKENDS, CHUNK_SIZE, _backend_name, _Batch, _prepare, _speaker_count
 from wavekit.generation.weights import InferenceWeights
 from wavekit.model import WaveNet
 
@@ -198,7 +198,7 @@ class BatchingEngine:
         num_samples: int | None = None,
         *,
         mel: Tensor | None = None,
-        speaker: int | None = None,
+        speaker: int | str | None = None,
         temperature: float = 1.0,
         seed: int | None = None,
         chunk_size: int | None = None,
@@ -213,8 +213,8 @@ class BatchingEngine:
             raise ValueError("num_samples, mel: one stream per request (submit each stream on its own)")
         if isinstance(mel, Tensor) and mel.dim() == 3 and mel.shape[0] != 1:
             raise ValueError(f"mel: one stream per request, got a batch of {mel.shape[0]}")
-        if speaker is not None and torch.as_tensor(speaker).numel() != 1:
-            raise ValueError(f"speaker: one id per request, got {torch.as_tensor(speaker).tolist()}")
+        if speaker is not None and _speaker_count(speaker) != 1:
+            raise ValueError(f"speaker: one per request, got {speaker!r}")
         batch = _prepare(self.model, num_samples, mel, speaker, 1, temperature, seed)
         request = Request(batch.lengths[0], self.model.config.sample_rate, chunk_size)
         with torch.no_grad():

@@ -13,6 +13,8 @@ backends sum in different orders.
 
 from __future__ import annotations
 
+import math
+import numbers
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -44,6 +46,7 @@ def _triton_backend(weights: InferenceWeights, distribution: OutputDistribution,
 
 BACKENDS = {"torch": TorchQueuedBackend, "numba": NumbaQueuedBackend, "triton": _triton_backend}
 SPAN_BUDGET = 1 << 22  # floats a backend holds at once for a span of mel-conditioned steps
+MAX_SEED = 2**63 - 1  # stream b seeds torch.Generator with seed + b, an int64
 CHUNK_SIZE = 16000  # samples per chunk `stream` yields by default
 
 Progress = bool | Callable[[int, int], None]
@@ -102,6 +105,13 @@ class _Batch:
         return audio.masked_fill(positions >= lengths, 0.0)
 
 
+def _speaker_count(speaker: int | str | Sequence[int | str] | Tensor) -> int:
+    """How many streams `speaker` (an id or name, or one per stream) gives one each."""
+    if isinstance(speaker, Tensor):
+        return speaker.numel()
+    return len(speaker) if isinstance(speaker, (list, tuple)) else 1
+
+
 def _batch_size(batch_size: int, *sizes: int | None) -> int:
     positive_int("batch_size", batch_size)
     given = {s for s in sizes if s is not None and s > 1}
@@ -116,14 +126,16 @@ def _prepare(
     model: WaveNet,
     num_samples: int | Sequence[int] | None,
     mel: Tensor | Sequence[Tensor] | None,
-    speaker: int | Sequence[int] | Tensor | None,
+    speaker: int | str | Sequence[int | str] | Tensor | None,
     batch_size: int,
     temperature: float,
     seed: int | None,
 ) -> _Batch:
-    if not (isinstance(temperature, (int, float)) and temperature > 0):
-        raise ValueError(f"temperature: must be > 0, got {temperature!r}")
+    if isinstance(temperature, bool) or not (isinstance(temperature, (int, float)) and 0 < temperature < math.inf):
+        raise ValueError(f"temperature: must be a finite number > 0, got {temperature!r}")
     hop, channels = model.config.hop_length, model.config.mel_channels
+    if mel is not None and not isinstance(mel, (Tensor, list, tuple)):
+        raise ValueError(f"mel: expected a tensor [B, M, frames] or [M, frames], or a list, got {type(mel).__name__}")
     mel_list = None
     if isinstance(mel, (list, tuple)):
         if num_samples is not None:
@@ -144,7 +156,7 @@ def _prepare(
         lengths = [positive_int(f"num_samples[{i}]", n) for i, n in enumerate(num_samples)]
         num_samples = max(lengths)
     mel_batch = mel.shape[0] if mel is not None and mel.dim() == 3 else None
-    speaker_batch = torch.as_tensor(speaker).numel() if speaker is not None else None
+    speaker_batch = _speaker_count(speaker) if speaker is not None else None
     batch = _batch_size(batch_size, mel_batch, speaker_batch, len(lengths) if lengths else None)
     total, mel, speaker = model.check_conditioning(batch, num_samples, mel, speaker)
     lengths = lengths if lengths and len(lengths) == batch else [total] * batch
@@ -156,6 +168,8 @@ def _prepare(
         mel_frames = [mel.shape[2] if mel is not None else 0] * batch
     if seed is None:
         seed = int(torch.randint(0, 2**62, ()).item())
+    elif isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed <= MAX_SEED - batch:
+        raise ValueError(f"seed: must be an integer from 0 to 2^63 - 1 - batch size, got {seed!r}")
     generators = [torch.Generator().manual_seed(seed + b) for b in range(batch)]
     return _Batch(lengths, mel, mel_frames, model.upsampler, speaker_embedding, generators, float(temperature))
 
@@ -219,7 +233,7 @@ def stream(
     num_samples: int | Sequence[int] | None = None,
     *,
     mel: Tensor | Sequence[Tensor] | None = None,
-    speaker: int | Sequence[int] | Tensor | None = None,
+    speaker: int | str | Sequence[int | str] | Tensor | None = None,
     batch_size: int = 1,
     temperature: float = 1.0,
     seed: int | None = None,
@@ -231,7 +245,7 @@ def stream(
 
     `num_samples` is one length or one per stream; with `mel` ([M, F], [B, M, F] or a
     list of [M, F_b]) each stream's length is its frames x hop. `speaker` is one id or
-    one per stream. Samples past a stream's length are zeros. `progress` is True for a
+    name (`config.speaker_names`), or one per stream. Samples past a stream's length are zeros. `progress` is True for a
     progress bar or a callback(done, total). Bad arguments raise ValueError naming them.
     """
     positive_int("chunk_size", chunk_size)
@@ -271,7 +285,7 @@ def generate(
     num_samples: int | Sequence[int] | None = None,
     *,
     mel: Tensor | Sequence[Tensor] | None = None,
-    speaker: int | Sequence[int] | Tensor | None = None,
+    speaker: int | str | Sequence[int | str] | Tensor | None = None,
     batch_size: int = 1,
     temperature: float = 1.0,
     seed: int | None = None,
@@ -310,7 +324,7 @@ def naive_generate(
     num_samples: int | Sequence[int] | None = None,
     *,
     mel: Tensor | Sequence[Tensor] | None = None,
-    speaker: int | Sequence[int] | Tensor | None = None,
+    speaker: int | str | Sequence[int | str] | Tensor | None = None,
     batch_size: int = 1,
     temperature: float = 1.0,
     seed: int | None = None,
