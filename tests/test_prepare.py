@@ -102,6 +102,9 @@ def test_download_verifies_and_skips_what_is_there(tmp_path):
     assert not (tmp_path / "dl" / "other.bin").exists() and not (tmp_path / "dl" / "other.bin.part").exists()
     with pytest.raises(OSError, match="fetch it by hand"):
         download((tmp_path / "absent.bin").as_uri(), tmp_path / "dl" / "absent.bin")
+    (tmp_path / "dl" / "placed.bin").write_bytes(b"a different version")  # placed by hand, offline
+    with pytest.raises(OSError, match="the file already there has the wrong sha256"):
+        download((tmp_path / "absent.bin").as_uri(), tmp_path / "dl" / "placed.bin", sha256=digest)
 
 
 def test_download_cut_off_mid_body_is_an_oserror_and_leaves_no_partial_file(tmp_path):

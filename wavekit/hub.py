@@ -12,6 +12,7 @@ writes a checkpoint's inference form. Nothing is unpickled: checkpoints are read
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -25,6 +26,21 @@ MODELS_DIR = Path(__file__).parent / "models"
 BUNDLED = {"default": "flite-speech: 4 speakers, mel-conditioned, 16 kHz (recipes/flite-speech)"}
 
 
+def _is_zip(path: str) -> bool:
+    with open(path, "rb") as f:
+        return f.read(4) == b"PK\x03\x04"
+
+
+def _load_failure(err: Exception) -> str:
+    """The gist of a torch.load error: the unpickler's own complaint when weights-only loading
+    refused something (not the advice around it), else the first 160 characters."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))
+    refused = re.search(r"WeightsUnpickler error: ([^\n]*?)(?: Please use|\n|$)", text)
+    if refused:
+        return f"it holds something other than tensors and plain data: {refused.group(1)}"
+    return " ".join(text.split())[:160] or type(err).__name__
+
+
 def read_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[dict, WaveNetConfig]:
     """The contents of a `WaveNetModule` training checkpoint and its model config.
 
@@ -35,8 +51,7 @@ def read_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     try:
         checkpoint = torch.load(path, map_location=device, weights_only=True)
     except Exception as err:  # arbitrary bytes make torch.load raise almost anything
-        reason = " ".join(str(err).split())[:160] or type(err).__name__
-        raise ValueError(f"{path}: not a readable training checkpoint ({reason})") from err
+        raise ValueError(f"{path}: not a readable training checkpoint ({_load_failure(err)})") from err
     if not isinstance(checkpoint, dict):
         raise ValueError(f"{path}: not a wavekit training checkpoint (it holds a {type(checkpoint).__name__})")
     try:
@@ -59,8 +74,8 @@ def _from_checkpoint(path: str, device: str | torch.device) -> WaveNet:
 
 
 def load(source: str | os.PathLike, device: str | torch.device = "cpu") -> WaveNet:
-    """The model at `source`: a bundled name (see `BUNDLED`), a ``.ckpt`` training checkpoint,
-    or a model file written by `WaveNet.save` / `export`. Raises FileNotFoundError for a
+    """The model at `source`: a bundled name (see `BUNDLED`), a training checkpoint (``.ckpt``,
+    or any name: its content tells), or a model file written by `WaveNet.save` / `export`. Raises FileNotFoundError for a
     missing file and ValueError naming the file for one that is not a wavekit model."""
     name = os.fspath(source)
     device = usable_device("device", device)
@@ -72,7 +87,7 @@ def load(source: str | os.PathLike, device: str | torch.device = "cpu") -> WaveN
     if not os.path.isfile(name):
         known = ", ".join(BUNDLED)
         raise FileNotFoundError(f"{name}: no such model file (bundled models: {known})")
-    if name.endswith(".ckpt"):
+    if name.endswith(".ckpt") or _is_zip(name):  # torch.save writes zip archives, whatever the name
         return _from_checkpoint(name, device)
     return WaveNet.from_file(name, map_location=device)
 

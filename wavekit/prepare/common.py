@@ -60,9 +60,13 @@ def download(url: str, dest: Path, *, sha256: str | None = None, md5: str | None
     if the download fails and ValueError if the checksum differs.
     """
     algorithm, expected = ("sha256", sha256) if sha256 else ("md5", md5) if md5 else (None, None)
-    if dest.is_file() and (expected is None or _file_hash(dest, algorithm) == expected):
-        log.info("%s: already downloaded", dest)
-        return dest
+    stale = ""
+    if dest.is_file():
+        if expected is None or _file_hash(dest, algorithm) == expected:
+            log.info("%s: already downloaded", dest)
+            return dest
+        stale = f"; the file already there has the wrong {algorithm} (cut short, or another version?)"
+        log.warning("%s: its %s is not the expected %s; downloading it again", dest, algorithm, expected)
     dest.parent.mkdir(parents=True, exist_ok=True)
     partial = dest.with_name(dest.name + ".part")
     log.info("downloading %s -> %s", url, dest)
@@ -74,7 +78,7 @@ def download(url: str, dest: Path, *, sha256: str | None = None, md5: str | None
                 raise OSError(f"the connection closed after {f.tell()} of {size} bytes")
     except (OSError, http.client.HTTPException) as err:  # HTTPException: e.g. a broken chunked body
         partial.unlink(missing_ok=True)
-        raise OSError(f"could not download {url} ({err}); fetch it by hand and place it at {dest}") from err
+        raise OSError(f"could not download {url} ({err}); fetch it by hand and place it at {dest}{stale}") from err
     if expected is not None and (actual := _file_hash(partial, algorithm)) != expected:
         partial.unlink()
         raise ValueError(f"{url}: {algorithm} is {actual}, expected {expected}; the download is corrupt")
