@@ -84,7 +84,7 @@ def test_interrupt_exits_130_without_a_traceback(monkeypatch, capsys):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("wavekit.cli.generate", interrupted)
+    monkeypatch.setattr("wavekit.cli.stream", interrupted)
     with pytest.raises(SystemExit) as exit_:
         main(["synth", "--mel-from", str(Path(__file__).parents[1] / "examples" / "hello.wav")])
     assert exit_.value.code == 130 and capsys.readouterr().err == "wavekit: interrupted\n"
