@@ -114,7 +114,7 @@ def test_data_module_gets_the_model_config(tmp_path, corpus):
     "where, culprit",
     [("cli", "layerz"), ("file", "layerz"), ("cli-type", "model.model.layers"), ("file-type", "model.model.layers")],
 )
-def test_unknown_key_or_wrong_type_exits_2_naming_it(tmp_path, corpus, capsys, where, culprit):
+def test_unknown_key_or_wrong_type_exits_2_with_one_line_naming_it(tmp_path, corpus, capsys, where, culprit):
     if where.startswith("cli"):
         args = ["--config", str(_config_file(tmp_path, corpus))]
         args += ["--model.model.layerz", "3"] if where == "cli" else ["--model.model.layers", "many"]
@@ -122,9 +122,10 @@ def test_unknown_key_or_wrong_type_exits_2_naming_it(tmp_path, corpus, capsys, w
         bad = {"layerz": 3} if where == "file" else {"layers": "many"}
         args = ["--config", str(_config_file(tmp_path, corpus, model={"model": {**MODEL, **bad}}))]
     with pytest.raises(SystemExit) as exit_info:
-        train_cli(args)
+        main(["train", *args])
     assert exit_info.value.code == 2
-    assert culprit in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith("wavekit: error:") and err.count("\n") == 1 and culprit in err
     assert not (tmp_path / "run").exists()
 
 

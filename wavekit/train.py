@@ -56,6 +56,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from jsonargparse import ArgumentError
 from pytorch_lightning.callbacks import ModelCheckpoint, WeightAveraging
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from pytorch_lightning.loggers import TensorBoardLogger
@@ -267,7 +268,10 @@ class WaveNetCLI(LightningCLI):
                 save_config_kwargs={"overwrite": True},  # fit() refuses to reuse a run directory without --resume
                 trainer_defaults={"default_root_dir": "runs/default"},
                 seed_everything_default=0,
-                parser_kwargs={"prog": "wavekit train", "description": "Train a WaveNet (see wavekit.train)."},
+                parser_kwargs={
+                    "prog": "wavekit train", "description": "Train a WaveNet (see wavekit.train).",
+                    "exit_on_error": False,  # train_cli reports parse errors in one line, like every bad input
+                },  # fmt: skip
                 args=None if args is None else list(args),
                 run=False,
                 auto_configure_optimizers=False,
@@ -335,10 +339,14 @@ class WaveNetCLI(LightningCLI):
 def train_cli(args: Sequence[str] | None = None) -> None:
     """`wavekit train ARGS...` (see the module docstring; `--help` lists every option).
 
-    Bad config values raise ValueError / FileNotFoundError with the culprit named; jsonargparse
-    itself exits with status 2 on unknown keys and wrong types, and with 0 after `--print_config`.
+    Bad config values raise ValueError / FileNotFoundError with the culprit named, unknown keys
+    and wrong types too (jsonargparse's message); `--help` and `--print_config` exit with 0.
     """
-    WaveNetCLI(args).fit()
+    try:
+        cli = WaveNetCLI(args)
+    except ArgumentError as err:
+        raise ValueError(f"{' '.join(str(err).split())} (see wavekit train --help)") from None
+    cli.fit()
 
 
 def _split_utterances(manifest: str | os.PathLike, split: str) -> tuple[list[Utterance], list[Utterance]]:
