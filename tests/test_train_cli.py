@@ -289,9 +289,11 @@ def test_evaluate_command_scores_segments(tmp_path, corpus, capsys):
     torch.manual_seed(0)
     model = WaveNet(WaveNetConfig(**MODEL))
     model.save(tmp_path / "m.safetensors")
-    main(["evaluate", "--checkpoint", str(tmp_path / "m.safetensors"), "--manifest", str(corpus), "--segment-samples", "256"])
+    main(["evaluate", "--checkpoint", str(tmp_path / "m.safetensors"), "--manifest", str(corpus),
+          "--segment-samples", "256"])  # fmt: skip
     expected = evaluate(model, corpus, "test", segment_samples=256)
-    assert capsys.readouterr().out.startswith(f"test: {expected['bits_per_sample']:.4f} bits/sample over {expected['samples']:,}")
+    printed = f"test: {expected['bits_per_sample']:.4f} bits/sample over {expected['samples']:,}"
+    assert capsys.readouterr().out.startswith(printed)
 
 
 def test_evaluate_rejects_bad_splits_and_arguments(tmp_path, corpus):

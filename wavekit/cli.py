@@ -160,8 +160,9 @@ def _evaluate(args: argparse.Namespace) -> None:
     from wavekit.train import evaluate
 
     model = hub.load(args.checkpoint, device=_device(args.device))
-    segment = args.segment_samples
-    result = evaluate(model, args.manifest, args.split, segment_samples=segment, batch_size=args.batch_size, progress=True)
+    result = evaluate(
+        model, args.manifest, args.split, segment_samples=args.segment_samples, batch_size=args.batch_size, progress=True
+    )
     print(
         f"{args.split}: {result['bits_per_sample']:.4f} bits/sample over {result['samples']:,} samples "
         f"({result['utterances']} utterances); mu-law histogram entropy {result['mulaw_entropy']:.4f} bits"

@@ -27,6 +27,7 @@ BUNDLED = {"default": "flite-speech: 4 speakers, mel-conditioned, 16 kHz (recipe
 
 
 def _is_zip(path: str) -> bool:
+    """Whether `path` starts like a zip archive, as everything torch.save writes does."""
     with open(path, "rb") as f:
         return f.read(4) == b"PK\x03\x04"
 
@@ -75,8 +76,9 @@ def _from_checkpoint(path: str, device: str | torch.device) -> WaveNet:
 
 def load(source: str | os.PathLike, device: str | torch.device = "cpu") -> WaveNet:
     """The model at `source`: a bundled name (see `BUNDLED`), a training checkpoint (``.ckpt``,
-    or any name: its content tells), or a model file written by `WaveNet.save` / `export`. Raises FileNotFoundError for a
-    missing file and ValueError naming the file for one that is not a wavekit model."""
+    or any name: its content tells), or a model file written by `WaveNet.save` / `export`.
+    Raises FileNotFoundError for a missing file, and ValueError naming the file for one that
+    is not a wavekit model or naming `device` if that is not usable here."""
     name = os.fspath(source)
     device = usable_device("device", device)
     if name in BUNDLED:

@@ -235,8 +235,8 @@ class ConditioningUpsampler(nn.Module):
     output sample, so it is computed in polyphase form: output sample f * s + r is
     frames f - 1, f, f + 1 weighted by three sums of the smoothing taps (zero frames
     beyond the ends, as the convolution's zero padding). That is 3 multiply-adds per
-    sample instead of 2s + 1 (9 at s = 4) and one pass over the output. The taps live in `smoothers`
-    (Conv2d(1, 1, (1, 2s + 1)) modules, so checkpoints keep their keys).
+    sample instead of 2s + 1 (9 at s = 4) and one pass over the output. The taps live in
+    `smoothers` (Conv2d(1, 1, (1, 2s + 1)) modules, so checkpoints keep their keys).
     """
 
     def __init__(self, scales: tuple[int, ...]):

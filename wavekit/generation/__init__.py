@@ -35,7 +35,6 @@ from wavekit.model import ConditioningUpsampler, WaveNet
 __all__ = ["generate", "stream", "naive_generate", "teacher_forced_params", "BACKENDS"]
 
 
-
 def _triton_backend(weights: InferenceWeights, distribution: OutputDistribution, batch: int) -> QueuedBackend:
     """The Triton backend, imported when first asked for: triton is heavy, and its kernel
     decorator reads TRITON_INTERPRET (the CPU interpreter the tests use) at import."""
@@ -245,8 +244,9 @@ def stream(
 
     `num_samples` is one length or one per stream; with `mel` ([M, F], [B, M, F] or a
     list of [M, F_b]) each stream's length is its frames x hop. `speaker` is one id or
-    name (`config.speaker_names`), or one per stream. Samples past a stream's length are zeros. `progress` is True for a
-    progress bar or a callback(done, total). Bad arguments raise ValueError naming them.
+    name (`config.speaker_names`), or one per stream. Samples past a stream's length are
+    zeros. `progress` is True for a progress bar or a callback(done, total). Bad arguments
+    raise ValueError naming them.
     """
     positive_int("chunk_size", chunk_size)
     batch = _prepare(model, num_samples, mel, speaker, batch_size, temperature, seed)
