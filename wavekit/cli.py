@@ -28,9 +28,18 @@ import torch
 
 from wavekit import audio, hub, toy
 from wavekit.checks import usable_device
-from wavekit.generation import generate, stream
+from wavekit.generation import stream
 from wavekit.model import WaveNet
 from wavekit.prepare import RECIPES
+
+
+def _generate_timed(model: WaveNet, num_samples: int | None, **kwargs) -> tuple[torch.Tensor, float]:
+    """(audio [B, T], seconds) of `generate` with a progress bar, timed once the backend is
+    built: on a first run the CPU kernel compiles then, which is not generation."""
+    chunks = stream(model, num_samples, progress=True, **kwargs)
+    started = time.perf_counter()
+    waves = torch.cat(list(chunks), dim=1)
+    return waves, time.perf_counter() - started
 
 
 def _toy(args: argparse.Namespace) -> None:
@@ -50,10 +59,8 @@ def _toy(args: argparse.Namespace) -> None:
     trained = time.perf_counter() - started
     after = toy.bits_per_sample(model, signal)
     print(f"trained {args.steps} steps in {trained:.1f} s: {before:.3f} -> {after:.3f} bits/sample on the signal")
-    started = time.perf_counter()
-    wave = generate(model, num_samples, seed=args.seed, progress=True)[0]
-    elapsed = time.perf_counter() - started
-    audio.save(out, wave, config.sample_rate)
+    waves, elapsed = _generate_timed(model, num_samples, seed=args.seed)
+    audio.save(out, waves[0], config.sample_rate)
     model.save(out.with_suffix(".safetensors"))
     rate = num_samples / elapsed
     print(
@@ -130,13 +137,9 @@ def _synth(args: argparse.Namespace) -> None:
     num_samples = None if mel is not None else round((args.seconds or 2.0) * cfg.sample_rate)
     if num_samples is not None and num_samples < 1:
         raise ValueError(f"--seconds: {args.seconds:g} s is less than one sample at {cfg.sample_rate} Hz")
-    chunks = stream(  # builds the backend, compiling the CPU kernel on a first run: not timed
-        model, num_samples, mel=mel, speaker=speaker, batch_size=args.batch,
-        temperature=args.temperature, seed=args.seed, progress=True,
-    )  # fmt: skip
-    started = time.perf_counter()
-    waves = torch.cat(list(chunks), dim=1)
-    elapsed = time.perf_counter() - started
+    waves, elapsed = _generate_timed(
+        model, num_samples, mel=mel, speaker=speaker, batch_size=args.batch, temperature=args.temperature, seed=args.seed
+    )
     for path, wave in zip(outputs, waves.cpu()):
         audio.save(path, wave, cfg.sample_rate)
     total = waves.numel()
