@@ -580,6 +580,13 @@ def test_naive_generate_refuses_train_mode():
         naive_generate(model, 10, seed=0)
 
 
+def test_speakers_as_an_array_a_range_or_a_tensor_give_one_stream_each():
+    model = make_model(mel=False)
+    expected = generate(model, 30, speaker=[0, 1], seed=2)
+    for speaker in (np.array([0, 1]), range(2), torch.tensor([0, 1])):
+        assert torch.equal(generate(model, 30, speaker=speaker, seed=2), expected)
+
+
 def test_bad_lengths_and_mel_lists_raise_naming_them():
     model = make_model(speakers=False)
     plain = make_model(mel=False, speakers=False)

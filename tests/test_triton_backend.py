@@ -1,6 +1,7 @@
 """The Triton backend (wavekit/generation/triton_backend.py): exact against `WaveNet.predict`
 and the torch backend, per-step gate biases, streams joining and leaving through the serving
-engine, and where it may run.
+engine, where it may run, and that it compiles for a GPU (offline, for sm_90: no GPU needed)
+within shared memory and without spilling its registers wholesale.
 
 Without a CUDA device the kernel runs in Triton's CPU interpreter (TRITON_INTERPRET=1, set
 by conftest.py), about 0.1 s per step for these tiny models, so clips are short. With one,
@@ -8,6 +9,11 @@ the same tests run the compiled kernel on it.
 """
 
 from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -85,3 +91,54 @@ def test_refused_on_the_cpu_without_the_interpreter(monkeypatch):
     with pytest.raises(ValueError, match=r"^backend: 'triton' runs on CUDA"):
         _backend_name("triton", torch.device("cpu"))
     assert _backend_name("auto", torch.device("cuda")) == "torch"  # not chosen by default until measured
+
+
+# Compiles the kernel for an H100 (sm_90) without a GPU and prints its shared memory and stack
+# per thread. It runs in a process of its own, without TRITON_INTERPRET: under the interpreter
+# triton.jit builds interpreter functions, which the compiler cannot take.
+COMPILE = r"""
+import json, os, subprocess, sys
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from wavekit.generation.triton_backend import LAUNCH, _run_steps
+
+shape = json.loads(sys.argv[1])
+i64_pointers = {"previous_bin", "forced_bins", "dilations", "queue_offsets"}
+scalars = {"batch": "i32", "t0": "i32", "steps": "i32", "queue_len": "i32", "bias_steps": "i32", "bias_step": "i32",
+           "skip_scale": "fp32", "residual_scale": "fp32", "log_scale_min": "fp32", "half_levels": "fp32"}
+signature = {
+    name: "constexpr" if name in shape else scalars.get(name, "*i64" if name in i64_pointers else "*fp32")
+    for name in _run_steps.arg_names
+}
+options = {key: LAUNCH[key] for key in ("num_warps", "num_stages", "enable_fp_fusion")}
+source = ASTSource(_run_steps, signature, constexprs=shape)
+kernel = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
+cubin = os.path.join(sys.argv[2], "kernel.cubin")
+open(cubin, "wb").write(kernel.asm["cubin"])
+tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+usage = subprocess.run([tool, "--dump-resource-usage", cubin], capture_output=True, text=True, check=True).stdout
+stack = int(usage.split("STACK:")[1].split()[0])
+print(json.dumps({"shared": kernel.metadata.shared, "stack": stack}))
+"""
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        dict(R=32, H=32, S=128, HID=128, C=256, M=128, LAYERS=10, TAPS=2, CLASSES=256, MIXTURES=0, NOISE=1,
+             IS_MOL=False, FORCING=False, RECORDING=False, BLOCK=16, CHUNK=32),  # the bundled model
+        dict(R=128, H=128, S=256, HID=256, C=32, M=128, LAYERS=30, TAPS=3, CLASSES=30, MIXTURES=10, NOISE=2,
+             IS_MOL=True, FORCING=True, RECORDING=True, BLOCK=16, CHUNK=32),  # ljspeech-sized, kernel size 3
+    ],
+    ids=["default", "ljspeech-sized"],
+)
+def test_compiles_for_an_h100_within_shared_memory(shape, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(tmp_path / "cache")
+    command = [sys.executable, "-c", COMPILE, json.dumps(shape), str(tmp_path)]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    usage = json.loads(done.stdout.splitlines()[-1])
+    assert usage["shared"] <= 64 * 1024  # a T4's or an L4's is 64 / 99 KB, an H100's 227 KB
+    assert usage["stack"] <= 4096  # 4 warps instead of 8 spilled 8 KB per thread here

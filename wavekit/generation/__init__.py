@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -38,7 +39,10 @@ __all__ = ["generate", "stream", "naive_generate", "teacher_forced_params", "BAC
 def _triton_backend(weights: InferenceWeights, distribution: OutputDistribution, batch: int) -> QueuedBackend:
     """The Triton backend, imported when first asked for: triton is heavy, and its kernel
     decorator reads TRITON_INTERPRET (the CPU interpreter the tests use) at import."""
-    from wavekit.generation.triton_backend import TritonQueuedBackend
+    try:
+        from wavekit.generation.triton_backend import TritonQueuedBackend
+    except ImportError as err:
+        raise ValueError(f"backend: 'triton' needs the triton package ({err}); pip install triton") from None
 
     return TritonQueuedBackend(weights, distribution, batch)
 
@@ -105,10 +109,12 @@ class _Batch:
 
 
 def _speaker_count(speaker: int | str | Sequence[int | str] | Tensor) -> int:
-    """How many streams `speaker` (an id or name, or one per stream) gives one each."""
+    """How many streams `speaker` (an id or name, or one per stream: a list, array or tensor) gives one each."""
+    if isinstance(speaker, str):
+        return 1
     if isinstance(speaker, Tensor):
         return speaker.numel()
-    return len(speaker) if isinstance(speaker, (list, tuple)) else 1
+    return len(speaker) if isinstance(speaker, (list, tuple, range)) else int(np.size(speaker))
 
 
 def _batch_size(batch_size: int, *sizes: int | None) -> int:

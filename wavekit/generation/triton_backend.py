@@ -15,6 +15,7 @@ the eager backend on CUDA; ask for this one with `backend="triton"`.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 import torch
@@ -29,6 +30,11 @@ from wavekit.generation.weights import InferenceWeights
 from wavekit.model import RESIDUAL_SCALE
 
 BLOCK = 16  # streams per program: the smallest row count of a Triton matrix product
+# 8 warps, no software pipelining: for every recipe's model the kernel then compiles (for sm_90,
+# offline) to about 50 KB of shared memory, within any recent GPU's, and under 1.5 KB of spills
+# per thread; 4 warps spilled heavily, and pipelining needed up to 330 KB. No fused
+# multiply-add, as the mixture draw's reference specifies. Untuned: no GPU was at hand.
+LAUNCH = {"num_warps": 8, "num_stages": 1, "enable_fp_fusion": False}
 
 
 def _tile(n: int) -> int:
@@ -68,7 +74,7 @@ def _inverse_cdf(logits, columns, count: tl.constexpr, temperature, u):
     return tl.minimum(index, count - 1)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["batch", "t0", "steps", "bias_steps", "bias_step"])  # no rebuild per size
 def _run_steps(
     queue, previous_bin, previous_value,
     embed, conv, cond_w, bias, mel, res, res_b, skip, skip_b, out1, out1_b, out2, out2_b, decode,
@@ -78,7 +84,7 @@ def _run_steps(
     LAYERS: tl.constexpr, TAPS: tl.constexpr, R: tl.constexpr, H: tl.constexpr, S: tl.constexpr,
     HID: tl.constexpr, C: tl.constexpr, CLASSES: tl.constexpr, M: tl.constexpr, MIXTURES: tl.constexpr,
     NOISE: tl.constexpr, IS_MOL: tl.constexpr, FORCING: tl.constexpr, RECORDING: tl.constexpr,
-    BLOCK: tl.constexpr,
+    BLOCK: tl.constexpr, CHUNK: tl.constexpr,
 ):  # fmt: skip
     """Advance streams [BLOCK p, BLOCK p + BLOCK) by `steps` samples (p = this program).
 
@@ -86,27 +92,28 @@ def _run_steps(
     [L, TAPS, R, 2, H] (tap, input, tanh / sigmoid half, output); cond_w [L, M, 2, H];
     bias [B, bias_steps, L, 2, H] (step s reads row s * bias_step); mel [B, M, steps];
     res [L, H, R]; skip [L, H, S]; out1 [S, HID]; out2 [HID, C]; noise [B, NOISE, steps];
-    params [B, CLASSES, steps].
+    params [B, CLASSES, steps]. A layer's gates and the head's hidden units go CHUNK at a
+    time, each chunk adding its share to the products it feeds: no weight tile is larger
+    than CHUNK x max(R, M, S, C) floats, which keeps them within shared memory and registers.
     """
     first = tl.program_id(0) * BLOCK
     rows = first + tl.arange(0, BLOCK)
     live = rows < batch
     rows = tl.where(live, rows, first).to(tl.int64)  # rows past the batch redo the first one and store nothing
     r = tl.arange(0, R)
-    h = tl.arange(0, H)
     k = tl.arange(0, S)
-    o = tl.arange(0, HID)
+    j = tl.arange(0, CHUNK)
     c = tl.arange(0, C)
     prev_bin = tl.load(previous_bin + rows)
     prev_value = tl.load(previous_value + rows)
     temperature = tl.load(temperatures + rows)
     for s in range(steps):
-        t = t0 + s
+        t = t0.to(tl.int64) + s  # 64 bits: a serving engine's step count outgrows 32
         if IS_MOL:
             x = prev_value[:, None] * tl.load(embed + r)[None, :] + tl.load(embed + R + r)[None, :]
         else:
             x = tl.load(embed + prev_bin[:, None] * R + r[None, :])
-        skips = tl.zeros([BLOCK, S], tl.float32)
+        skip_sum = tl.zeros([BLOCK, S], tl.float32)
         bias_row = (rows * bias_steps + s * bias_step) * LAYERS
         if M > 0:
             m = tl.arange(0, M)
@@ -115,33 +122,39 @@ def _run_steps(
             d = tl.load(dilations + layer)
             span = d * (TAPS - 1)
             base = tl.load(queue_offsets + layer)
-            gate = (bias_row[:, None] + layer) * 2 * H + h[None, :]
-            a = tl.load(bias + gate)
-            g = tl.load(bias + gate + H)
-            w = conv + ((layer * TAPS + TAPS - 1) * R + r[:, None]) * 2 * H + h[None, :]
-            a += tl.dot(x, tl.load(w), input_precision="ieee")
-            g += tl.dot(x, tl.load(w + H), input_precision="ieee")
-            for j in tl.static_range(TAPS - 1):  # tap j holds x[t - (TAPS - 1 - j) d]
-                slot = base + (t + span - (TAPS - 1 - j) * d) % span
-                past = tl.load(queue + (rows[:, None] * queue_len + slot) * R + r[None, :])
-                w = conv + ((layer * TAPS + j) * R + r[:, None]) * 2 * H + h[None, :]
-                a += tl.dot(past, tl.load(w), input_precision="ieee")
-                g += tl.dot(past, tl.load(w + H), input_precision="ieee")
-            if M > 0:
-                w = cond_w + (layer * M + m[:, None]) * 2 * H + h[None, :]
-                a += tl.dot(mel_s, tl.load(w), input_precision="ieee")
-                g += tl.dot(mel_s, tl.load(w + H), input_precision="ieee")
+            residual = tl.zeros([BLOCK, R], tl.float32)
+            for n in range(0, H, CHUNK):  # (names of their own: Triton keeps a loop variable's shape)
+                gate = (bias_row[:, None] + layer) * 2 * H + n + j[None, :]
+                a = tl.load(bias + gate)
+                g = tl.load(bias + gate + H)
+                w_now = conv + ((layer * TAPS + TAPS - 1) * R + r[:, None]) * 2 * H + n + j[None, :]
+                a += tl.dot(x, tl.load(w_now), input_precision="ieee")
+                g += tl.dot(x, tl.load(w_now + H), input_precision="ieee")
+                for tap in tl.static_range(TAPS - 1):  # this tap holds x[t - (TAPS - 1 - tap) d]
+                    slot = base + (t + span - (TAPS - 1 - tap) * d) % span
+                    past = tl.load(queue + (rows[:, None] * queue_len + slot) * R + r[None, :])
+                    w_tap = conv + ((layer * TAPS + tap) * R + r[:, None]) * 2 * H + n + j[None, :]
+                    a += tl.dot(past, tl.load(w_tap), input_precision="ieee")
+                    g += tl.dot(past, tl.load(w_tap + H), input_precision="ieee")
+                if M > 0:
+                    w_mel = cond_w + (layer * M + m[:, None]) * 2 * H + n + j[None, :]
+                    a += tl.dot(mel_s, tl.load(w_mel), input_precision="ieee")
+                    g += tl.dot(mel_s, tl.load(w_mel + H), input_precision="ieee")
+                z = (2.0 * tl.sigmoid(2.0 * a) - 1.0) * tl.sigmoid(g)
+                w_skip = skip + (layer * H + n + j[:, None]) * S + k[None, :]
+                skip_sum += tl.dot(z, tl.load(w_skip), input_precision="ieee")
+                w_res = res + (layer * H + n + j[:, None]) * R + r[None, :]
+                residual += tl.dot(z, tl.load(w_res), input_precision="ieee")
             tl.debug_barrier()  # every read of the oldest slot is done before it is overwritten
             tl.store(queue + (rows[:, None] * queue_len + base + t % span) * R + r[None, :], x, mask=live[:, None])
-            z = (2.0 * tl.sigmoid(2.0 * a) - 1.0) * tl.sigmoid(g)
-            skips += tl.dot(z, tl.load(skip + (layer * H + h[:, None]) * S + k[None, :]), input_precision="ieee")
-            residual = tl.dot(z, tl.load(res + (layer * H + h[:, None]) * R + r[None, :]), input_precision="ieee")
             x = (x + residual + tl.load(res_b + layer * R + r)[None, :]) * residual_scale
-        hidden = tl.maximum((skips + tl.load(skip_b + k)[None, :]) * skip_scale, 0.0)
-        hidden = tl.dot(hidden, tl.load(out1 + k[:, None] * HID + o[None, :]), input_precision="ieee")
-        hidden = tl.maximum(hidden + tl.load(out1_b + o)[None, :], 0.0)
-        logits = tl.dot(hidden, tl.load(out2 + o[:, None] * C + c[None, :]), input_precision="ieee")
-        logits += tl.load(out2_b + c)[None, :]
+        hidden_in = tl.maximum((skip_sum + tl.load(skip_b + k)[None, :]) * skip_scale, 0.0)
+        logits = tl.zeros([BLOCK, C], tl.float32) + tl.load(out2_b + c)[None, :]
+        for n in range(0, HID, CHUNK):  # the hidden layer, CHUNK units at a time
+            w_hidden = out1 + k[:, None] * HID + n + j[None, :]
+            hidden = tl.dot(hidden_in, tl.load(w_hidden), input_precision="ieee") + tl.load(out1_b + n + j)[None, :]
+            hidden = tl.maximum(hidden, 0.0)
+            logits += tl.dot(hidden, tl.load(out2 + (n + j[:, None]) * C + c[None, :]), input_precision="ieee")
         if RECORDING:
             at = (rows[:, None] * CLASSES + c[None, :]) * steps + s
             tl.store(params + at, logits, mask=live[:, None] & (c[None, :] < CLASSES))
@@ -245,12 +258,16 @@ class TritonQueuedBackend(QueuedBackend):
         forced: Tensor | None = None,
         cond: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None]:
-        n, batch = self.sizes, self.batch
+        n, batch, L = self.sizes, self.batch, self.w.num_layers
         steps = forced.shape[1] if forced is not None else noise.shape[2]
-        L, half = self.w.num_layers, self.w.gate_channels // 2
+        if (cond is None) != (self.mel == 0):
+            raise ValueError(f"cond: this model {'needs' if self.mel else 'takes no'} an upsampled mel")
+        temperatures = torch.as_tensor(temperature, dtype=torch.float32, device=self.device).reshape(-1)
+        if len(temperatures) not in (1, batch):
+            raise ValueError(f"temperature: {len(temperatures)} values for {batch} streams")
+        half = self.w.gate_channels // 2
         gate_bias = _padded(bias.reshape(batch, bias.shape[1], L, 2, half), batch, bias.shape[1], L, 2, n["H"])
         mel = _padded(cond, batch, n["M"], steps) if cond is not None else None
-        temperatures = torch.as_tensor(temperature, dtype=torch.float32, device=self.device).expand(batch).contiguous()
         if noise is None:
             noise = torch.zeros(batch, self.noise_channels, steps, device=self.device)
         if forced is not None:
@@ -260,19 +277,22 @@ class TritonQueuedBackend(QueuedBackend):
         params = torch.empty(batch, self.classes, steps if forced is not None else 0, device=self.device)
         if batch:
             p = self.packed
-            _run_steps[(triton.cdiv(batch, BLOCK),)](
-                self.queue, self.previous_bin, self.previous_value,
-                p["embed"], p["conv"], p["cond_w"], gate_bias, mel if mel is not None else out,
-                p["res"], p["res_b"], p["skip"], p["skip_b"], p["out1"], p["out1_b"], p["out2"], p["out2_b"],
-                p["decode"], self.dilations, self.queue_offsets,
-                noise.float().contiguous(), temperatures, forced if forced is not None else out,
-                bins if forced is not None else self.previous_bin, out, params,
-                batch, self.t, steps, self.queue_len, gate_bias.shape[1], int(gate_bias.shape[1] > 1),
-                self.w.skip_scale, RESIDUAL_SCALE,
-                self.log_scale_min, self.half_levels,
-                LAYERS=L, TAPS=self.w.kernel_size, CLASSES=self.classes, MIXTURES=self.mixtures,
-                NOISE=self.noise_channels, IS_MOL=self.is_mol, FORCING=forced is not None,
-                RECORDING=forced is not None, BLOCK=BLOCK, num_warps=4, **n,
-            )  # fmt: skip
+            on_device = torch.cuda.device(self.device) if self.device.type == "cuda" else contextlib.nullcontext()
+            with on_device:  # Triton launches on the current device, not on the tensors'
+                _run_steps[(triton.cdiv(batch, BLOCK),)](
+                    self.queue, self.previous_bin, self.previous_value,
+                    p["embed"], p["conv"], p["cond_w"], gate_bias, mel if mel is not None else out,
+                    p["res"], p["res_b"], p["skip"], p["skip_b"], p["out1"], p["out1_b"], p["out2"], p["out2_b"],
+                    p["decode"], self.dilations, self.queue_offsets,
+                    noise.float().contiguous(), temperatures.expand(batch).contiguous(),
+                    forced if forced is not None else out,
+                    bins if forced is not None else self.previous_bin, out, params,
+                    batch, self.t, steps, self.queue_len, gate_bias.shape[1], int(gate_bias.shape[1] > 1),
+                    self.w.skip_scale, RESIDUAL_SCALE, self.log_scale_min, self.half_levels,
+                    LAYERS=L, TAPS=self.w.kernel_size, CLASSES=self.classes, MIXTURES=self.mixtures,
+                    NOISE=self.noise_channels, IS_MOL=self.is_mol, FORCING=forced is not None,
+                    RECORDING=forced is not None, BLOCK=BLOCK, CHUNK=min(32, n["H"], n["HID"]),
+                    **LAUNCH, **n,
+                )  # fmt: skip
         self.t += steps
         return out, (params if forced is not None else None)

@@ -72,7 +72,10 @@ def sentences(count: int, seed: int = 0) -> list[str]:
 
 def _check_voices(flite: str) -> None:
     """ChildProcessError unless `flite` has every voice of VOICES (it would fall back to its default one)."""
-    listed = subprocess.run([flite, "-lv"], capture_output=True, text=True, timeout=FLITE_TIMEOUT).stdout
+    try:
+        listed = subprocess.run([flite, "-lv"], capture_output=True, text=True, timeout=FLITE_TIMEOUT).stdout
+    except (subprocess.TimeoutExpired, OSError) as err:
+        raise ChildProcessError(f"flite-speech: {flite} -lv did not list its voices ({err})") from None
     have = set(listed.partition(":")[2].split())
     if missing := [v for v in VOICES if v not in have]:
         lacks = ", ".join(missing)
