@@ -7,10 +7,11 @@ in global memory, and the draw (the inverse CDF of `wavekit.distributions`) happ
 the kernel. Streams never wait on each other, so programs need no synchronisation.
 Channel counts are zero-padded to powers of two (Triton's tile sizes).
 
-Status: checked only under Triton's CPU interpreter (``TRITON_INTERPRET=1``, which the
-tests use) against the torch backend and `WaveNet.predict`. It has never been compiled
-for, or timed on, a GPU: none was lent while it was written. So `backend="auto"` keeps
-the eager backend on CUDA; ask for this one with `backend="triton"`.
+Status: checked under Triton's CPU interpreter (``TRITON_INTERPRET=1``, which the tests
+use) against the torch backend and `WaveNet.predict`, and compiled offline for an H100
+(sm_90) within its shared memory. It has never run on, or been timed on, a GPU: none was
+lent while it was written. So `backend="auto"` keeps the eager backend on CUDA; ask for
+this one with `backend="triton"`.
 """
 
 from __future__ import annotations
