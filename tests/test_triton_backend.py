@@ -28,11 +28,15 @@ DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 MEL, SPEAKERS, HOP = 5, 3, 4
 
 
-def make_model(head: str, kernel_size: int, *, mel: bool = True, bits: int = 8) -> WaveNet:
-    """Tiny, with widths that are no power of two, so every padded dimension is exercised."""
+def make_model(head: str, kernel_size: int, *, mel: bool = True, bits: int = 8, wide: bool = False) -> WaveNet:
+    """Tiny, with widths that are no power of two, so every padded dimension is exercised.
+
+    `wide`: 40 gate pairs and 40 hidden units (padded to 64), two chunks of 32 each.
+    """
     torch.manual_seed(0)
+    gate, skip = (80, 40) if wide else (20, 24)
     config = WaveNetConfig(
-        layers=4, stacks=2, kernel_size=kernel_size, residual_channels=12, gate_channels=20, skip_channels=24,
+        layers=4, stacks=2, kernel_size=kernel_size, residual_channels=12, gate_channels=gate, skip_channels=skip,
         head=head, mixtures=3, bits=bits, mel_channels=MEL if mel else 0, upsample_scales=(2, 2), num_speakers=SPEAKERS,
     )  # fmt: skip
     return WaveNet(config).eval().to(DEVICE)
@@ -42,10 +46,12 @@ def random_mel(batch: int, frames: int, seed: int) -> torch.Tensor:
     return torch.randn(batch, MEL, frames, generator=torch.Generator().manual_seed(seed)).to(DEVICE)
 
 
-@pytest.mark.parametrize("head, kernel_size, batch", [("mulaw", 2, 3), ("mol", 3, 17)])
-def test_teacher_forced_params_match_predict(head, kernel_size, batch):
-    """17 streams: two programs, the second with 15 rows past the batch."""
-    model = make_model(head, kernel_size)
+@pytest.mark.parametrize(
+    "head, kernel_size, batch, wide", [("mulaw", 2, 3, False), ("mol", 3, 17, False), ("mulaw", 3, 2, True)]
+)
+def test_teacher_forced_params_match_predict(head, kernel_size, batch, wide):
+    """17 streams: two programs, the second with 15 rows past the batch. Wide: several chunks."""
+    model = make_model(head, kernel_size, wide=wide)
     frames = model.receptive_field // HOP + 2  # past the receptive field: every queue wraps
     audio = (torch.rand(batch, frames * HOP, generator=torch.Generator().manual_seed(1)) * 1.8 - 0.9).to(DEVICE)
     mel, speaker = random_mel(batch, frames, seed=2), [b % SPEAKERS for b in range(batch)]
