@@ -135,8 +135,8 @@ def main() -> None:
     engine = BatchingEngine(model, max_batch=most)
     demo = Demo(model, max_queue=most, max_seconds=max(args.seconds, 0.1), engine=engine)
     cfg = model.config
-    print(json.dumps({"model": f"{cfg.layers}L-R{cfg.residual_channels}-S{cfg.skip_channels}", "sample_rate": rate,
-                      "threads": torch.get_num_threads(), "streaming": demo.streaming}), flush=True)  # fmt: skip
+    model_name = f"{cfg.layers}L-R{cfg.residual_channels}-S{cfg.skip_channels}"
+    print(json.dumps({"model": model_name, "sample_rate": rate, "threads": torch.get_num_threads()}), flush=True)
     for count in args.clients:
         engine_vs_batch(model, engine, count, min(samples, 256))  # warm up (compilation, layouts)
         print(json.dumps(engine_vs_batch(model, engine, count, samples)), flush=True)

@@ -17,8 +17,10 @@ import socket
 import subprocess
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
+import av
 import gradio as gr
 import numpy as np
 import pytest
@@ -85,7 +87,6 @@ def read_wav(data: bytes | str) -> tuple[np.ndarray, int]:
 def test_generate_streams_chunks_then_the_wav_and_spectrogram(make_demo):
     model = make_model(mel=False, names=("alto", "bass"))
     demo = make_demo(model, max_seconds=2.0)
-    demo.streaming = True
     updates = list(demo.generate("bass", None, 1.5, 0.9, 7))
     assert len(updates) == 3  # 1 s + 0.5 s of audio, then the results
     chunks = [read_wav(u[0]) for u in updates[:2]]
@@ -115,14 +116,12 @@ def test_scratch_folder_keeps_only_the_newest_wavs(make_demo):
 def test_mel_model_follows_the_reference_cut_to_the_duration(make_demo):
     model = make_model(mel=True)
     demo = make_demo(model, max_seconds=1.0)
-    demo.streaming = False
     reference = wavio.load(demo.example, RATE)
     assert len(reference) > RATE  # the example recording is longer than the cut
     updates = list(demo.generate("speaker 0", str(demo.example), 1.0, 1.0, 3))
     audio, path, image, _ = updates[-1]
-    assert audio == path  # without streaming the player gets the file at the end
-    assert all(u[0] == gr.skip() for u in updates[:-1])
     clip, _ = read_wav(path)
+    assert np.array_equal(np.concatenate([read_wav(u[0])[0] for u in updates[:-1]]), clip)
     assert clip.shape == (RATE // HOP * HOP,)
     expected = generate(model, mel=model.config.mel(reference[:RATE]), speaker=0, seed=3)[0].numpy()
     assert np.abs(clip - expected).max() <= 1.5 / 32768
@@ -273,9 +272,31 @@ def test_eight_concurrent_clients_get_their_audio(served):
         clip, rate = read_wav(path)
         assert rate == RATE and len(clip) == int((0.5 + 0.05 * i) * RATE) // HOP * HOP, i
         assert np.abs(clip).max() > 0 and Path(image).exists() and "Generated" in status
-        if demo.streaming:
-            assert streamed[i] >= 2, i  # a streamed chunk came before the results
+        assert streamed[i] >= 2, i  # a streamed chunk came before the results
     assert demo.engine.requests == 0
+
+
+def test_streamed_player_gets_the_clip_as_aac(served):
+    """The HLS playlist the page plays: its AAC segments decode to the generated clip."""
+    url, demo = served
+    job = Client(url, verbose=False, download_files=False).submit(
+        "speaker 1", handle_file(str(demo.example)), 1.0, 1.0, 5, api_name="/generate"
+    )
+    _, wav, _, _ = job.result(timeout=120)
+    playlist = job.outputs()[0][0]["url"]
+    lines = urllib.request.urlopen(playlist).read().decode().splitlines()
+    assert lines[-1] == "#EXT-X-ENDLIST"
+    segments = [line for line in lines if line.endswith(".aac")]
+    data = b"".join(urllib.request.urlopen(playlist.rsplit("/", 1)[0] + "/" + name).read() for name in segments)
+    with av.open(io.BytesIO(data), format="adts") as container:
+        frames = list(container.decode(audio=0))
+    decoded = np.concatenate([f.to_ndarray().ravel() for f in frames])
+    declared = sum(float(line[len("#EXTINF:") :].rstrip(",")) for line in lines if line.startswith("#EXTINF:"))
+    assert frames[0].sample_rate == RATE and declared == pytest.approx(len(decoded) / RATE, abs=1e-5)
+    clip, _ = read_wav(urllib.request.urlopen(wav["url"]).read())
+    error = decoded[1024 : 1024 + len(clip)] - clip  # after the encoder's one-frame delay
+    assert len(decoded) >= len(clip) + 1024
+    assert 10 * np.log10(np.mean(clip**2) / np.mean(error**2)) > 12, "the stream is not the clip"  # 18 dB; misaligned < 3
 
 
 def test_full_queue_says_busy():

@@ -31,6 +31,7 @@ from wavekit import audio as wavio
 from wavekit.checks import positive_int
 from wavekit.model import WaveNet
 from wavekit.serving import BatchingEngine
+from wavekit.streamed_audio import StreamedAudio
 
 __all__ = ["Demo", "build_demo", "main", "spectrogram_image"]
 
@@ -112,7 +113,6 @@ class Demo:
         self.max_queue = max_queue
         self.max_seconds = float(max_seconds)
         self.sample_rate = self.config.sample_rate
-        self.streaming = shutil.which("ffmpeg") is not None  # Gradio encodes streamed audio with ffmpeg
         count = self.config.num_speakers
         self.speakers = list(self.config.speaker_names) or [f"speaker {i}" for i in range(count)]
         self._scratch = tempfile.TemporaryDirectory(prefix="wavekit-demo-")
@@ -140,8 +140,7 @@ class Demo:
 
         About every second of audio yields its chunk as WAV bytes for the streamed player
         (the other outputs skipped); the last update carries the whole clip as a WAV file
-        and the spectrogram beside the reference's. Without streaming (no ffmpeg) the
-        player gets the whole file at the end. Bad input raises gr.Error naming the field.
+        and the spectrogram beside the reference's. Bad input raises gr.Error naming the field.
         """
         kwargs, ref = self._request(speaker, reference, seconds, temperature, seed)
         try:
@@ -155,8 +154,8 @@ class Demo:
             for chunk in request:
                 chunks.append(chunk)
                 done = sum(len(c) for c in chunks) / self.sample_rate
-                playing = _wav_bytes(chunk, self.sample_rate) if self.streaming else gr.skip()
-                yield playing, gr.skip(), gr.skip(), f"Generating: {done:.1f} of {total:.1f} s"
+                status = f"Generating: {done:.1f} of {total:.1f} s"
+                yield _wav_bytes(chunk, self.sample_rate), gr.skip(), gr.skip(), status
         except RuntimeError as err:
             raise gr.Error(f"Generation failed: {err}") from err
         clip = np.concatenate(chunks)
@@ -166,7 +165,7 @@ class Demo:
         self._prune_wavs()
         status = f"Generated {total:.2f} s in {elapsed:.2f} s ({total / elapsed:.2f}x real time)."
         image = spectrogram_image(clip, self.sample_rate, ref)
-        yield gr.skip() if self.streaming else str(path), str(path), image, status
+        yield gr.skip(), str(path), image, status  # the player already holds every chunk
 
     def _prune_wavs(self) -> None:
         """Keep the scratch folder bounded: only the newest 2 x max_queue generated WAVs.
@@ -242,10 +241,7 @@ class Demo:
                     seed = gr.Number(0, precision=0, minimum=0, label="Seed")
                     button = gr.Button("Generate", variant="primary")
                 with gr.Column():
-                    stream = gr.Audio(
-                        label="Generated audio" + ("" if self.streaming else " (plays when done: no ffmpeg to stream)"),
-                        streaming=self.streaming, autoplay=True, interactive=False,
-                    )  # fmt: skip
+                    stream = StreamedAudio(label="Generated audio", streaming=True, autoplay=True, interactive=False)
                     wav = gr.File(label="WAV to download", interactive=False)
                     image = gr.Image(
                         label="Log-mel spectrogram" + (": generated (top), reference (bottom)" if mel else ""),
