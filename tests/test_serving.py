@@ -10,6 +10,7 @@ mixture), so sampling is exact and every comparison is bit for bit.
 from __future__ import annotations
 
 import contextlib
+import queue
 import threading
 import time
 
@@ -93,6 +94,50 @@ def slow_runs(monkeypatch, backend: str = "numba", delay: float = 0.002) -> list
 
     monkeypatch.setattr(cls, "run", run)
     return sizes
+
+
+class HeldRuns:
+    """Holds the engine inside every backend call with steps until the test lets it go on."""
+
+    def __init__(self) -> None:
+        self._sizes: queue.Queue = queue.Queue()
+        self._go = threading.Semaphore(0)
+        self._free = threading.Event()
+
+    def batch(self) -> int:
+        """The batch size of the next call, once the engine is held inside it."""
+        return self._sizes.get(timeout=30)
+
+    def step(self) -> None:
+        """Let the held call run."""
+        self._go.release()
+
+    def run_free(self) -> None:
+        """Let the held call and every later one run."""
+        self._free.set()
+        self._go.release()
+
+    def hold(self, size: int) -> None:
+        if not self._free.is_set():
+            self._sizes.put(size)
+            self._go.acquire()
+
+
+@pytest.fixture
+def held_runs(monkeypatch, engine_factory):
+    """The numba backend's calls held (`HeldRuns`); released before the engines close."""
+    held = HeldRuns()
+    cls = generation.BACKENDS["numba"]
+    original = cls.run
+
+    def run(self, bias, noise, temperature, forced=None, cond=None):
+        if noise is None or noise.shape[2]:
+            held.hold(bias.shape[0])
+        return original(self, bias, noise, temperature, forced, cond)
+
+    monkeypatch.setattr(cls, "run", run)
+    yield held
+    held.run_free()
 
 
 # --------------------------------------------------------------------------------------
@@ -322,6 +367,29 @@ def test_max_batch_makes_later_requests_wait(engine_factory, monkeypatch):
     for i, request in enumerate(requests):
         assert np.array_equal(request.result(), reference(model, num_samples=160, speaker=i % SPEAKERS, seed=i))
     assert max(sizes) == 2
+
+
+def test_requests_waiting_at_a_step_boundary_all_join_there(engine_factory, held_runs):
+    """Requests submitted during a step all join at the next boundary, up to max_batch; slots of
+    streams cancelled meanwhile, running or still waiting, are free for them at that boundary."""
+    model = make_model()
+    engine = engine_factory(model, max_batch=4, step_samples=16, chunk_size=16)
+    specs = [(400, i % SPEAKERS, 20 + i) for i in range(7)]
+    requests = [engine.submit(specs[0][0], speaker=specs[0][1], seed=specs[0][2])]
+    assert held_runs.batch() == 1  # the engine is inside the first request's first step
+    requests += [engine.submit(n, speaker=s, seed=seed) for n, s, seed in specs[1:4]]
+    held_runs.step()
+    assert held_runs.batch() == 4  # the three submitted meanwhile joined together
+    for request in requests[1:3]:
+        request.cancel()
+    engine.submit(400, speaker=0, seed=99).cancel()  # before it ever ran
+    requests += [engine.submit(n, speaker=s, seed=seed) for n, s, seed in specs[4:]]
+    held_runs.step()
+    assert held_runs.batch() == 4  # the two freed slots taken at once by the first two live waiting requests
+    held_runs.run_free()
+    for i in (0, 3, 4, 5, 6):
+        n, s, seed = specs[i]
+        assert np.array_equal(requests[i].result(), reference(model, num_samples=n, speaker=s, seed=seed)), i
 
 
 def test_close_fails_running_requests_and_refuses_new_ones(monkeypatch):

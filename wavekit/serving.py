@@ -147,7 +147,8 @@ class _Stream:
 class BatchingEngine:
     """Runs the queued sampler over every live request in one background thread.
 
-    `max_batch` streams generate together (later requests wait for a free slot);
+    `max_batch` streams generate together (later requests wait for a free slot: at each step
+    boundary every waiting request joins while slots last, those of streams cancelled by then included);
     `step_samples` is how many samples each backend call advances, which bounds how long a
     new request waits to join (default 1/20 s of audio). `backend` is "auto" (numba on
     the CPU, else torch), "numba" or "torch".
@@ -250,12 +251,9 @@ class BatchingEngine:
                     left = self._waiting + self._active
                     self._waiting, self._active = [], []
                     break
-                free = self.max_batch - len(self._active)
-                joining, self._waiting = self._waiting[:free], self._waiting[free:]
-                self._active = self._active + joining
             try:
                 with torch.no_grad():
-                    self._step(len(joining))
+                    self._step()
             except Exception as err:  # every live request learns of it; the engine goes on with fresh state
                 with self._lock:
                     failed, self._active = self._active, []
@@ -265,18 +263,23 @@ class BatchingEngine:
         for stream in left:
             stream.request._put(RuntimeError("the engine was closed"))
 
-    def _step(self, joined: int) -> None:
-        """Admit the `joined` newest active streams, drop cancelled ones, advance all of them."""
-        if self._runner is None:
+    def _step(self) -> None:
+        """At a step boundary: drop cancelled streams (running or waiting), then let every waiting
+        one join, up to `max_batch`, so a cancelled stream's slot is free at once; advance all."""
+        with self._lock:
+            keep = [i for i, s in enumerate(self._active) if not s.request.cancelled]
+            waiting = [s for s in self._waiting if not s.request.cancelled]
+            free = self.max_batch - len(keep)
+            joining, self._waiting = waiting[:free], waiting[free:]
+            dropped = len(keep) < len(self._active)
+            self._active = [self._active[i] for i in keep] + joining
+        if self._runner is None:  # at the start or after a failure, when nothing was active
             self._runner = BACKENDS[self.backend](self.weights, self.model.distribution, 0)
         runner = self._runner
-        if joined:
-            runner.add_streams(joined)
-        keep = [i for i, s in enumerate(self._active) if not s.request.cancelled]
-        if len(keep) < len(self._active):
+        if dropped:
             runner.keep_streams(keep)
-            with self._lock:
-                self._active = [self._active[i] for i in keep]
+        if joining:
+            runner.add_streams(len(joining))
         active = self._active
         if not active:
             return
