@@ -187,6 +187,32 @@ def test_synth_bad_input_exits_2_with_one_line(models, args, culprit, capsys):
     assert err.count("\n") == 1 and err.startswith("wavekit: error:") and culprit in err
 
 
+@pytest.mark.parametrize("out", ["/proc/wavekit-out.wav", "{tmp}/dangling.wav"], ids=["proc", "dangling-link"])
+def test_synth_out_that_only_writing_refuses_fails_before_generating(models, tmp_path, monkeypatch, capsys, out):
+    """Paths whose directory looks writable but where no file can be made (/proc as root, a link
+    into a missing directory) are refused by the up-front check, not after the generation."""
+    (tmp_path / "dangling.wav").symlink_to(tmp_path / "gone" / "x.wav")
+    out = out.format(tmp=tmp_path)
+    monkeypatch.setattr("wavekit.cli._generate_timed", lambda *a, **k: pytest.fail("generated before failing"))
+    with pytest.raises(SystemExit) as exit_:
+        main(["synth", "--checkpoint", str(models / "plain.safetensors"), "--out", out])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"wavekit: error: {out}:")
+
+
+def test_synth_out_check_leaves_files_as_they_were(models, tmp_path):
+    """The check opens --out without truncating it: when synthesis then fails (here an unknown
+    speaker), an existing file keeps its bytes and no new file is left behind."""
+    kept = tmp_path / "kept.wav"
+    kept.write_bytes(b"an earlier take")
+    for out in (["--out", str(kept)], ["--out", str(tmp_path / "new.wav"), "--batch", "2"]):
+        with pytest.raises(SystemExit):
+            _synth(models, "--checkpoint", str(models / "vocoder.safetensors"), "--mel-from", str(models / "ref.wav"),
+                   "--speaker", "carl", *out)  # fmt: skip
+    assert kept.read_bytes() == b"an earlier take" and list(tmp_path.iterdir()) == [kept]
+
+
 def test_synth_failure_has_no_traceback_as_a_process(models):
     result = subprocess.run(
         [sys.executable, "-m", "wavekit.cli", "synth", "--checkpoint", str(models / "vocoder.safetensors")],

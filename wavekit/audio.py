@@ -112,8 +112,11 @@ def load(path: str | os.PathLike, sample_rate: int) -> torch.Tensor:
 
 
 def check_writable(path: str | os.PathLike) -> None:
-    """Raise AudioError naming `path` unless a file can be created there (its directory exists
-    and is writable, and the path is not a directory). Lets callers fail before long work."""
+    """Raise AudioError naming `path` unless a file can be written there (its directory exists
+    and is writable, the path is not a directory, and opening it for writing works: tried for
+    real, since permission bits do not tell for root, /proc or a dangling link). Lets callers
+    fail before long work. An existing file is opened to append and keeps its contents; a file
+    the try creates is removed again."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
@@ -122,6 +125,13 @@ def check_writable(path: str | os.PathLike) -> None:
         raise AudioError(f"{path}: is a directory")
     if not os.access(directory, os.W_OK):
         raise AudioError(f"{path}: directory {directory} is not writable")
+    existed = os.path.exists(path)
+    try:
+        open(path, "ab").close()
+    except OSError as e:
+        raise AudioError(f"{path}: cannot be written: {e.strerror}") from None
+    if not existed:
+        os.remove(os.path.realpath(path))  # the new file, not a link to it
 
 
 def save(path: str | os.PathLike, audio: torch.Tensor | np.ndarray, sample_rate: int) -> None:
