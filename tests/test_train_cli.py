@@ -154,6 +154,29 @@ def test_print_config_prints_the_merged_config_and_exits(tmp_path, corpus, capsy
     assert not (tmp_path / "run").exists()
 
 
+def test_lightnings_warnings_about_its_own_code_are_not_shown(tmp_path, corpus):
+    """With deprecation warnings on (-W default, as under PYTHONWARNINGS or pytest), a run shows
+    none of those Lightning raises about its own code: pytorch_lightning.cli calling deprecated
+    jsonargparse APIs, its pytree helper a deprecated torch check."""
+    config = _config_file(tmp_path, corpus)
+    done = subprocess.run(
+        [sys.executable, "-W", "default", "-m", "wavekit.cli", "train", "--config", str(config)],
+        env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
+    assert "was deprecated" not in done.stderr and "JsonargparseDeprecationWarning" not in done.stderr
+    assert "LeafSpec" not in done.stderr  # Lightning's pytree helper under torch 2.14
+
+
+def test_jsonargparse_deprecations_about_the_users_input_still_show(tmp_path, corpus, monkeypatch):
+    """The filter is narrow: jsonargparse's deprecation of a flag the user gave still shows."""
+    monkeypatch.setenv("JSONARGPARSE_DEPRECATION_WARNINGS", "all")  # else once per process
+    with pytest.warns(DeprecationWarning, match="skip_null flag for --print_config was deprecated"):
+        with pytest.raises(SystemExit):
+            train_cli(["--config", str(_config_file(tmp_path, corpus)), "--print_config=skip_null"])
+
+
 def test_resume_continues_and_a_rerun_without_it_is_refused(tmp_path, corpus):
     config = str(_config_file(tmp_path, corpus))
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"

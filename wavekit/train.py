@@ -44,6 +44,7 @@ module holds the averaged weights.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import math
@@ -240,6 +241,30 @@ class Checkpoint(ModelCheckpoint):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
 
+# Warnings Lightning raises about its own code, nothing a wavekit user can change: its CLI calls
+# deprecated jsonargparse APIs (jsonargparse >= 4.49, which heads its first such warning with a
+# note), and its pytree helper a LeafSpec check that torch 2.14 deprecated. (message, category, module)
+_LIGHTNING_OWN_WARNINGS = (
+    (
+        r"\s*(``ArgumentParser\.add_instantiator``|``instantiate_classes``|skip_none parameter) was deprecated"
+        r"|\s*By default only one JsonargparseDeprecationWarning",
+        DeprecationWarning,
+        r"pytorch_lightning\.cli",
+    ),
+    (r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning, r"pytorch_lightning\.utilities\._pytree"),
+)
+
+
+@contextlib.contextmanager
+def _lightning_own_warnings_hidden() -> Iterator[None]:
+    """Ignore, inside the block, `_LIGHTNING_OWN_WARNINGS`. Every other warning still shows,
+    jsonargparse's about our code or the user's config included."""
+    with warnings.catch_warnings():
+        for message, category, module in _LIGHTNING_OWN_WARNINGS:
+            warnings.filterwarnings("ignore", message, category, module)
+        yield
+
+
 class _SaveConfig(SaveConfigCallback):
     """Saves the merged config to the run directory with `resume` off: resuming stays a
     command-line decision, whatever config file a later run starts from."""
@@ -259,7 +284,7 @@ class WaveNetCLI(LightningCLI):
     """
 
     def __init__(self, args: Sequence[str] | None = None) -> None:
-        with warnings.catch_warnings():  # `wavekit train ...` passes args while sys.argv is set too
+        with _lightning_own_warnings_hidden():  # `wavekit train ...` passes args while sys.argv is set too
             warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
             super().__init__(
                 WaveNetModule,
@@ -321,7 +346,8 @@ class WaveNetCLI(LightningCLI):
         manifest = self.datamodule.manifest
         if not os.path.isfile(manifest):
             raise FileNotFoundError(f"data.manifest: {manifest} not found; run `wavekit prepare <recipe>` first")
-        self.trainer.fit(self.model, datamodule=self.datamodule, ckpt_path=str(last) if self.config.resume else None)
+        with _lightning_own_warnings_hidden():
+            self.trainer.fit(self.model, datamodule=self.datamodule, ckpt_path=str(last) if self.config.resume else None)
 
     def _check_same_model(self, checkpoint: Path) -> None:
         """Raise ValueError naming the fields if the model config differs from the checkpoint's."""
