@@ -90,6 +90,7 @@ def _client_process(url: str, args: tuple, count: int, results) -> None:
     clients = [Client(url, verbose=False, download_files=False) for _ in range(count)]
     first: list[float] = [float("nan")] * count
     done: list[float] = [float("nan")] * count
+    failures: list[str] = []
     start = threading.Barrier(count + 1)
     began = [0.0]
 
@@ -100,7 +101,11 @@ def _client_process(url: str, args: tuple, count: int, results) -> None:
             if first[i] != first[i] and job.outputs():  # nan: no update seen yet
                 first[i] = time.perf_counter() - began[0]
             time.sleep(POLL_S)
-        job.result()
+        try:
+            job.result()
+        except Exception as err:  # counted and named in the JSON line, not a silent NaN
+            failures.append(f"{type(err).__name__}: {err}")
+            return
         done[i] = time.perf_counter() - began[0]
         if first[i] != first[i]:
             first[i] = done[i]
@@ -115,7 +120,7 @@ def _client_process(url: str, args: tuple, count: int, results) -> None:
         t.join()
     cpu = time.process_time() - cpu
     results.put({"first_chunk_s": stats(first), "complete_s": stats(done), "client_cpu_s": round(cpu, 2),
-                 "wall_s": max(done)})  # fmt: skip
+                 "wall_s": max(done), "failed": len(failures), "first_failure": failures[0] if failures else None})  # fmt: skip
 
 
 def main() -> None:

@@ -119,6 +119,14 @@ def test_save_rejects_bad_audio(tmp_path: Path, audio: np.ndarray | torch.Tensor
     assert not path.exists()
 
 
+def test_save_never_removes_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """save writes the file directly: no try-file made and removed first, which a concurrent
+    reader of the folder (the demo's pruning) could list and then not find."""
+    monkeypatch.setattr(os, "remove", lambda *a: pytest.fail("save removed a file"))
+    save(tmp_path / "new.wav", np.zeros(10), 8000)
+    assert sf.info(str(tmp_path / "new.wav")).frames == 10
+
+
 def test_save_missing_directory_or_directory_path(tmp_path: Path) -> None:
     missing = tmp_path / "nope" / "out.wav"
     with pytest.raises(AudioError, match="nope"):

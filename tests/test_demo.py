@@ -113,6 +113,16 @@ def test_scratch_folder_keeps_only_the_newest_wavs(make_demo):
     assert all(read_wav(p)[0].shape == (round(0.05 * RATE),) for p in paths[-4:])
 
 
+def test_pruning_skips_wavs_removed_since_they_were_listed(make_demo, monkeypatch):
+    """Another request's save or prune may remove a file between the listing and its stat."""
+    demo = make_demo(make_model(mel=False), max_queue=1, max_seconds=1.0)
+    paths = [Path(list(demo.generate("speaker 0", None, 0.05, 1.0, seed))[-1][1]) for seed in range(3)]
+    listing = Path.glob
+    monkeypatch.setattr(Path, "glob", lambda self, pattern: [self / "wavekit-seed9-gone.wav", *listing(self, pattern)])
+    demo._prune_wavs()
+    assert sorted(listing(demo.folder, "wavekit-seed*.wav")) == sorted(paths[-2:])
+
+
 def test_mel_model_follows_the_reference_cut_to_the_duration(make_demo):
     model = make_model(mel=True)
     demo = make_demo(model, max_seconds=1.0)

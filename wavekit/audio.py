@@ -111,13 +111,8 @@ def load(path: str | os.PathLike, sample_rate: int) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(mono, dtype=np.float32))
 
 
-def check_writable(path: str | os.PathLike) -> None:
-    """Raise AudioError naming `path` unless a file can be written there (its directory exists
-    and is writable, the path is not a directory, and opening it for writing works: tried for
-    real, since permission bits do not tell for root, /proc or a dangling link). Lets callers
-    fail before long work. An existing file is opened to append and keeps its contents; a file
-    the try creates is removed again."""
-    path = os.fspath(path)
+def _check_output_path(path: str) -> None:
+    """Raise AudioError naming `path` if its directory is missing or read-only, or it is a directory."""
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise AudioError(f"{path}: directory {directory} does not exist")
@@ -125,6 +120,16 @@ def check_writable(path: str | os.PathLike) -> None:
         raise AudioError(f"{path}: is a directory")
     if not os.access(directory, os.W_OK):
         raise AudioError(f"{path}: directory {directory} is not writable")
+
+
+def check_writable(path: str | os.PathLike) -> None:
+    """Raise AudioError naming `path` unless a file can be written there (its directory exists
+    and is writable, the path is not a directory, and opening it for writing works: tried for
+    real, since permission bits do not tell for root, /proc or a dangling link). Lets callers
+    fail before long work. An existing file is opened to append and keeps its contents; a file
+    the try creates is removed again."""
+    path = os.fspath(path)
+    _check_output_path(path)
     existed = os.path.exists(path)
     try:
         open(path, "ab").close()
@@ -159,7 +164,7 @@ def save(path: str | os.PathLike, audio: torch.Tensor | np.ndarray, sample_rate:
         raise AudioError("audio contains NaN or infinite samples")
     pcm = to_pcm16(array)
 
-    check_writable(path)
+    _check_output_path(path)
     try:
         sf.write(path, pcm.T, sample_rate, format="WAV", subtype="PCM_16")
     except (sf.LibsndfileError, OSError) as e:

@@ -78,6 +78,14 @@ def spectrogram_image(result: np.ndarray, sample_rate: int, reference: np.ndarra
     return np.concatenate(rows[:-1])
 
 
+def _mtime(path: Path) -> int:
+    """When `path` was last written, in ns; -1 if it is gone (removed since it was listed)."""
+    try:
+        return path.stat().st_mtime_ns
+    except FileNotFoundError:
+        return -1
+
+
 def _example_recording(path: Path, sample_rate: int) -> None:
     """A short reference recording: speech from flite when it is installed, else a gliding harmonic tone."""
     if shutil.which("flite"):
@@ -174,9 +182,9 @@ class Demo:
         (and `delete_cache` ages that copy out), so older files here are no longer read.
         """
         with self._prune_lock:
-            wavs = sorted(self.folder.glob("wavekit-seed*.wav"), key=lambda p: p.stat().st_mtime_ns)
+            wavs = sorted(self.folder.glob("wavekit-seed*.wav"), key=_mtime)
             for old in wavs[: -2 * self.max_queue]:
-                old.unlink()
+                old.unlink(missing_ok=True)
 
     def _request(self, speaker, reference, seconds, temperature, seed) -> tuple[dict, np.ndarray | None]:
         """Check the form's values; returns (engine.submit keyword arguments, cut reference or None)."""
