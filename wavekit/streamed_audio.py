@@ -1,11 +1,12 @@
 """The demo's streamed player: a Gradio Audio output whose stream is AAC-encoded in-process.
 
 Gradio 6 plays a streamed audio output as HLS segments of ADTS AAC and encodes them with
-one ffmpeg process per stream: about 120 ms of CPU to start and encode a 1 s, 16 kHz
-stream on the 2-core machine, a third of what generating it costs. `StreamedAudio` keeps
-Gradio's streaming protocol (`stream_output`, `flush_stream_output`, `end_stream_output`;
-ADTS segments whose duration counts their 1024-sample frames) and encodes with
-libavcodec through PyAV inside the server process: about 10 ms, and no ffmpeg program.
+one ffmpeg process per stream: 100-150 ms of CPU to start and encode a 1 s, 16 kHz stream
+on the 2-core machine, half of what generating that second with the bundled model takes.
+`StreamedAudio` keeps Gradio's streaming protocol (`stream_output`, `flush_stream_output`,
+`end_stream_output`; ADTS segments whose duration counts their 1024-sample frames) and
+encodes with libavcodec through PyAV inside the server process: about 10 ms, and no
+ffmpeg program (docs/performance.md, Demo).
 """
 
 from __future__ import annotations
