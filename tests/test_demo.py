@@ -29,6 +29,7 @@ import torch
 from gradio_client import Client, handle_file
 
 import wavekit.demo as app
+from wavekit import streamed_audio
 from wavekit import audio as wavio
 from wavekit.generation import generate
 from wavekit.model import WaveNet, WaveNetConfig
@@ -247,9 +248,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _no_ffmpeg(*args, **kwargs):
+    raise AssertionError("Gradio's ffmpeg encoder was used for the streamed audio")
+
+
 @pytest.fixture(scope="module")
 def served():
-    """The demo of a mel + speaker model, served on 127.0.0.1: (url, Demo)."""
+    """The demo of a mel + speaker model, served on 127.0.0.1: (url, Demo). Gradio's own
+    ffmpeg stream encoder fails if used: the player must encode in-process."""
+    patch = pytest.MonkeyPatch()
+    patch.setattr("gradio.components.audio.AacStreamEncoder", _no_ffmpeg)
     model = make_model(mel=True)
     engine = BatchingEngine(model, max_batch=8, step_samples=200)
     demo = app.Demo(model, max_queue=8, max_seconds=1.0, engine=engine)
@@ -258,6 +266,7 @@ def served():
     yield url, demo
     page.close()
     demo.close()
+    patch.undo()
 
 
 def test_eight_concurrent_clients_get_their_audio(served):
@@ -283,7 +292,7 @@ def test_eight_concurrent_clients_get_their_audio(served):
         assert rate == RATE and len(clip) == int((0.5 + 0.05 * i) * RATE) // HOP * HOP, i
         assert np.abs(clip).max() > 0 and Path(image).exists() and "Generated" in status
         assert streamed[i] >= 2, i  # a streamed chunk came before the results
-    assert demo.engine.requests == 0
+    assert demo.engine.requests == 0 and streamed_audio._open_streams == {}  # every stream released
 
 
 def test_streamed_player_gets_the_clip_as_aac(served):

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from wavekit import streamed_audio
 from wavekit.streamed_audio import AacEncoder, StreamedAudio
 
 RATE = 16000
@@ -60,6 +61,7 @@ def test_segments_decode_to_the_input_seamless_across_chunks():
 def test_a_chunk_shorter_than_a_frame_waits_for_the_next():
     encoder = AacEncoder(RATE)
     assert encoder.encode(sine(0.01)) is None  # 160 samples: no frame complete yet
+    assert encoder.encode(np.zeros(0, np.int16)) is None  # a tick with no audio
     assert encoder.flush() is not None
 
 
@@ -99,6 +101,7 @@ def test_stream_protocol_open_encode_flush_and_cancel():
 
         await player.stream_output(wav(sine(0.5)), "s/r/2/playlist.m3u8", True)
         player.end_stream_output("s/r/2/playlist.m3u8")  # a cancel or disconnect
+        assert "s/r/2/playlist.m3u8" not in streamed_audio._open_streams
         assert (await player.stream_output(wav(sine(0.5)), "s/r/2/playlist.m3u8", False))[0] is None
 
         await player.stream_output(wav(sine(0.5)), "s/r/3/playlist.m3u8", True)
@@ -108,6 +111,7 @@ def test_stream_protocol_open_encode_flush_and_cancel():
         stereo = wav(np.stack([sine(0.5)] * 2, axis=1))
         with pytest.raises(ValueError, match="expected mono chunks, got 2 channels"):
             await player.stream_output(stereo, "s/r/4/playlist.m3u8", True)
-        assert await player.flush_stream_output("s/r/4/playlist.m3u8") is None  # a failed open left nothing
+        assert "s/r/4/playlist.m3u8" not in streamed_audio._open_streams  # a failed open left nothing
+        assert streamed_audio._open_streams == {}
 
     asyncio.run(run())

@@ -26,6 +26,7 @@ __all__ = ["AacEncoder", "StreamedAudio"]
 
 # The sample rates an ADTS header can declare; other rates are resampled to the nearest.
 ADTS_RATES = (96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000, 7350)
+AAC_FRAME = 1024  # samples per AAC-LC frame (libavcodec's "aac" encoder)
 
 
 class _Sink(io.RawIOBase):
@@ -71,6 +72,8 @@ class AacEncoder:
         """Encode mono int16 samples [T]; the frames they complete as one segment, or None."""
         if pcm.dtype != np.int16 or pcm.ndim != 1:
             raise ValueError(f"pcm: expected mono int16 samples [T], got {pcm.dtype} {list(pcm.shape)}")
+        if not len(pcm):  # a tick that produced no audio
+            return None
         frame = av.AudioFrame.from_ndarray(pcm[None], format="s16", layout="mono")
         frame.sample_rate = self.sample_rate
         return self._encode(frame)
@@ -100,12 +103,13 @@ class AacEncoder:
             data = self._sink.take()
         if not packets:
             return None
-        duration = len(packets) * self._stream.codec_context.frame_size / self.output_rate
+        duration = len(packets) * AAC_FRAME / self.output_rate
         return {"data": data, "duration": duration, "extension": ".aac"}
 
 
 def _read_pcm(value: bytes | dict) -> tuple[np.ndarray, int]:
-    """A streamed chunk as int16 samples and its rate: WAV bytes, or the file Gradio cached."""
+    """A streamed chunk as int16 samples and its rate: WAV (or other libsndfile) bytes, or the
+    local file Gradio cached for a returned path or array."""
     source = io.BytesIO(value) if isinstance(value, bytes) else Path(value["path"])
     samples, rate = sf.read(source, dtype="int16")
     if samples.ndim != 1:
@@ -114,15 +118,18 @@ def _read_pcm(value: bytes | dict) -> tuple[np.ndarray, int]:
 
 
 # Open streams by Gradio's stream id (unique to a session, run and output): None until the
-# first chunk with audio sets the sample rate.
+# first chunk with audio sets the sample rate. The lock makes each look-and-change atomic:
+# a stream may be ended (weakref finalizer, cancel) from any thread.
 _open_streams: dict[str, AacEncoder | None] = {}
+_open_streams_lock = threading.Lock()
 
 
 class StreamedAudio(gr.Audio):
     """`gr.Audio` whose stream (with `streaming=True`) is encoded by an in-process `AacEncoder`.
 
     The page shows it as an ordinary Audio player (`is_template`). A handler yields each
-    mono chunk as WAV bytes (or anything `gr.Audio` turns into a file).
+    chunk as mono WAV bytes, or a local mono file or array that `gr.Audio` caches as WAV;
+    unlike Gradio's own path there is no ffmpeg to downmix, resample or fetch URLs.
     """
 
     is_template = True
@@ -133,27 +140,44 @@ class StreamedAudio(gr.Audio):
         }  # fmt: skip
         if first_chunk:
             self.end_stream_output(output_id)  # a key is never shared by two live streams
-            _open_streams[output_id] = None
-        if value is None or output_id not in _open_streams:  # no audio, or the stream was ended (cancel)
+            with _open_streams_lock:
+                _open_streams[output_id] = None
+        if value is None:
             return None, output_file
         try:
-            samples, rate = _read_pcm(value)
-            encoder = _open_streams[output_id]
-            if encoder is None:
-                encoder = _open_streams[output_id] = AacEncoder(rate)
-            elif rate != encoder.sample_rate:
-                raise ValueError(f"streamed audio: a chunk at {rate} Hz in a stream at {encoder.sample_rate} Hz")
-            return await anyio.to_thread.run_sync(encoder.encode, samples), output_file
+            return await anyio.to_thread.run_sync(_encode_chunk, output_id, value), output_file
         except BaseException:
             if first_chunk:  # Gradio opens the stream, and would end it, only once this returns
                 self.end_stream_output(output_id)
             raise
 
     async def flush_stream_output(self, output_id: str) -> MediaStreamChunk | None:
-        encoder = _open_streams.pop(output_id, None)
-        return None if encoder is None else await anyio.to_thread.run_sync(encoder.flush)
+        with _open_streams_lock:
+            encoder = _open_streams.pop(output_id, None)
+        if encoder is None:
+            return None
+        try:
+            return await anyio.to_thread.run_sync(encoder.flush)
+        except BaseException:  # cancelled before the thread ran: nothing else holds the encoder now
+            encoder.close()
+            raise
 
     def end_stream_output(self, output_id: str) -> None:
-        encoder = _open_streams.pop(output_id, None)
+        with _open_streams_lock:
+            encoder = _open_streams.pop(output_id, None)
         if encoder is not None:
             encoder.close()
+
+
+def _encode_chunk(output_id: str, value: bytes | dict) -> MediaStreamChunk | None:
+    """Decode and encode one chunk of stream `output_id` (in a worker thread); None once it has ended."""
+    samples, rate = _read_pcm(value)
+    with _open_streams_lock:
+        if output_id not in _open_streams:  # ended (cancel, disconnect) while this chunk was in flight
+            return None
+        encoder = _open_streams[output_id]
+        if encoder is None:
+            encoder = _open_streams[output_id] = AacEncoder(rate)
+    if rate != encoder.sample_rate:
+        raise ValueError(f"streamed audio: a chunk at {rate} Hz in a stream at {encoder.sample_rate} Hz")
+    return encoder.encode(samples)  # None if the stream was ended meanwhile (the encoder closed)
