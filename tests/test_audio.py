@@ -13,7 +13,7 @@ import soundfile as sf
 import torch
 import torchaudio.functional as AF
 
-from wavekit.audio import AudioError, load, log_mel, mulaw_decode, mulaw_encode, save
+from wavekit.audio import AudioError, check_writable, load, log_mel, mulaw_decode, mulaw_encode, save
 
 
 def _sine(freq: float, sr: int, seconds: float, amp: float = 0.5) -> np.ndarray:
@@ -117,6 +117,13 @@ def test_save_rejects_bad_audio(tmp_path: Path, audio: np.ndarray | torch.Tensor
     with pytest.raises(AudioError, match="audio"):
         save(path, audio, 16000)
     assert not path.exists()
+
+
+def test_check_writable_refuses_a_fifo_with_no_reader_at_once(tmp_path: Path) -> None:
+    """Opening a FIFO to write waits for a reader; the check must not (it fails instead)."""
+    os.mkfifo(tmp_path / "pipe.wav")
+    with pytest.raises(AudioError, match="pipe.wav: cannot be written"):
+        check_writable(tmp_path / "pipe.wav")
 
 
 def test_save_never_removes_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -130,13 +130,19 @@ def check_writable(path: str | os.PathLike) -> None:
     the try creates is removed again."""
     path = os.fspath(path)
     _check_output_path(path)
-    existed = os.path.exists(path)
-    try:
-        open(path, "ab").close()
+    target = os.path.realpath(path)  # a link's target, which writing creates if the link dangles
+    try:  # create it, and know atomically that this call did; else open what is there to append
+        fd, created = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL), True
+    except FileExistsError:
+        try:  # non-blocking: a FIFO with no reader fails here instead of waiting for one
+            fd, created = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_NONBLOCK), False
+        except OSError as e:
+            raise AudioError(f"{path}: cannot be written: {e.strerror}") from None
     except OSError as e:
         raise AudioError(f"{path}: cannot be written: {e.strerror}") from None
-    if not existed:
-        os.remove(os.path.realpath(path))  # the new file, not a link to it
+    os.close(fd)
+    if created:
+        os.remove(target)
 
 
 def save(path: str | os.PathLike, audio: torch.Tensor | np.ndarray, sample_rate: int) -> None:
