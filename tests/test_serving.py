@@ -386,6 +386,7 @@ def test_requests_waiting_at_a_step_boundary_all_join_there(engine_factory, held
     requests += [engine.submit(n, speaker=s, seed=seed) for n, s, seed in specs[4:]]
     held_runs.step()
     assert held_runs.batch() == 4  # the two freed slots taken at once by the first two live waiting requests
+    assert [s.request for s in engine._active] == [requests[i] for i in (0, 3, 4, 5)]  # not the cancelled one
     held_runs.run_free()
     for i in (0, 3, 4, 5, 6):
         n, s, seed = specs[i]
