@@ -44,8 +44,12 @@ def load_model(args: argparse.Namespace) -> WaveNet:
     return WaveNet(TINY if args.tiny else WaveNetConfig()).eval()
 
 
-def stats(values: list[float]) -> dict[str, float]:
-    return {"median": round(float(np.median(values)), 3), "p95": round(float(np.percentile(values, 95)), 3)}
+def stats(values: list[float]) -> dict[str, float | None]:
+    """Median and p95 of the clients that finished (NaN: failed); None if none did."""
+    done = [v for v in values if v == v]
+    if not done:
+        return {"median": None, "p95": None}
+    return {"median": round(float(np.median(done)), 3), "p95": round(float(np.percentile(done, 95)), 3)}
 
 
 def engine_vs_batch(model: WaveNet, engine: BatchingEngine, clients: int, samples: int) -> dict:
@@ -96,15 +100,16 @@ def _client_process(url: str, args: tuple, count: int, results) -> None:
 
     def client(i: int) -> None:
         start.wait()
-        job = clients[i].submit(*args[:-1], i, api_name="/generate")
-        while not job.done():
-            if first[i] != first[i] and job.outputs():  # nan: no update seen yet
-                first[i] = time.perf_counter() - began[0]
-            time.sleep(POLL_S)
         try:
+            job = clients[i].submit(*args[:-1], i, api_name="/generate")
+            while not job.done():
+                if first[i] != first[i] and job.outputs():  # nan: no update seen yet
+                    first[i] = time.perf_counter() - began[0]
+                time.sleep(POLL_S)
             job.result()
-        except Exception as err:  # counted and named in the JSON line, not a silent NaN
+        except Exception as err:  # counted and named in the JSON line; the statistics leave it out
             failures.append(f"{type(err).__name__}: {err}")
+            first[i] = float("nan")
             return
         done[i] = time.perf_counter() - began[0]
         if first[i] != first[i]:
@@ -120,7 +125,8 @@ def _client_process(url: str, args: tuple, count: int, results) -> None:
         t.join()
     cpu = time.process_time() - cpu
     results.put({"first_chunk_s": stats(first), "complete_s": stats(done), "client_cpu_s": round(cpu, 2),
-                 "wall_s": max(done), "failed": len(failures), "first_failure": failures[0] if failures else None})  # fmt: skip
+                 "wall_s": max((d for d in done if d == d), default=None), "finished": count - len(failures),
+                 "failed": len(failures), "first_failure": failures[0] if failures else None})  # fmt: skip
 
 
 def main() -> None:
@@ -157,15 +163,17 @@ def main() -> None:
         run_clients(url, request, 1)  # warm up the server path
         for count in args.clients:
             result = run_clients(url, request, count)
-            walls[count] = result.pop("wall_s")
-            produced = count * (samples // cfg.hop_length * cfg.hop_length if demo.example else samples)
+            wall, finished = result.pop("wall_s"), result.pop("finished")
+            if finished == count:  # the target compares runs in which every client got its audio
+                walls[count] = wall
+            produced = finished * (samples // cfg.hop_length * cfg.hop_length if demo.example else samples)
             record = {"clients": count, "seconds_each": args.seconds, **result,
-                      "samples_per_s": round(produced / walls[count])}  # fmt: skip
+                      "samples_per_s": round(produced / wall) if wall else None}  # fmt: skip
             print(json.dumps(record), flush=True)
     finally:
         page.close()
         demo.close()
-    if 1 in walls and most > 1:
+    if 1 in walls and most in walls and most > 1:
         ratio = walls[most] / walls[1]
         print(json.dumps({"target": f"{most} clients <= 2x one client", "ratio": round(ratio, 2), "met": ratio <= 2}))
 

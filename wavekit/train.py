@@ -346,7 +346,7 @@ class WaveNetCLI(LightningCLI):
         manifest = self.datamodule.manifest
         if not os.path.isfile(manifest):
             raise FileNotFoundError(f"data.manifest: {manifest} not found; run `wavekit prepare <recipe>` first")
-        with _lightning_own_warnings_hidden():
+        with _lightning_own_warnings_hidden():  # restores the filters as they were before fit
             self.trainer.fit(self.model, datamodule=self.datamodule, ckpt_path=str(last) if self.config.resume else None)
 
     def _check_same_model(self, checkpoint: Path) -> None:
