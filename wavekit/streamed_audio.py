@@ -86,6 +86,7 @@ class AacEncoder:
             self.close()
 
     def close(self) -> None:
+        """Release the encoder (idempotent); later calls encode nothing."""
         with self._lock:
             if not self._closed:
                 self._closed = True
